@@ -1,0 +1,10 @@
+//! # actors — Switchyard's supervision tree
+//!
+//! Every conversation, tenant and provider connection is an actix actor; a supervisor tree
+//! restarts failed provider actors and reroutes their mailboxes to fallback models.
+//!
+//! This crate knows nothing of HTTP, SQL or Redis. It talks to the world through the traits
+//! in [`ports`], which the `engine` crate implements with real adapters and tests implement
+//! with in-memory fakes.
+
+pub mod ports;
