@@ -5,6 +5,9 @@
 //!
 //! This crate knows nothing of HTTP, SQL or Redis. It talks to the world through the traits
 //! in [`ports`], which the `engine` crate implements with real adapters and tests implement
-//! with in-memory fakes.
+//! with in-memory fakes. [`turn`] is the seam between the conversation side of the tree and
+//! the provider side; [`registry`] is what the admin endpoint inspects.
 
 pub mod ports;
+pub mod registry;
+pub mod turn;

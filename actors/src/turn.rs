@@ -1,0 +1,126 @@
+//! A turn's journey from a conversation to the models, as a port.
+//!
+//! The conversation side (tenant and conversation actors) asks a [`TurnRunner`] to run one
+//! turn and consumes the resulting [`TurnStream`]; the provider side (router, provider
+//! supervisor and provider actors) implements it: it picks the model and fallback chain,
+//! fails over on retryable errors — also mid-stream — and reports every leg. Keeping this
+//! seam a trait lets each side be tested with a fake of the other.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::ports::llm::{FinishReason, GenerationRequest, ProviderError, Usage};
+
+/// What to do with text already delivered when a stream breaks mid-answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContinuationMode {
+    /// The fallback model continues the partial answer; the client sees one message.
+    #[default]
+    Continue,
+    /// The fallback answers afresh; the client is told to drop the partial text (`retract`).
+    Restart,
+}
+
+/// One turn to run.
+#[derive(Debug, Clone)]
+pub struct TurnRequest {
+    pub tenant_id: String,
+    pub conversation_id: String,
+    /// A configured model name or a route alias such as `auto`.
+    pub model: String,
+    pub request: GenerationRequest,
+    /// The whole turn, every fallback included, must end by then.
+    pub deadline: Instant,
+    pub continuation: ContinuationMode,
+}
+
+/// How one attempt on one model ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum LegOutcome {
+    Completed,
+    Failed { code: &'static str },
+}
+
+/// One attempt on one model; a turn with failovers has several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leg {
+    /// The configured model name.
+    pub model: String,
+    /// The provider kind (`openai`, `anthropic`, `mock`, …).
+    pub provider: String,
+    pub usage: Usage,
+    pub outcome: LegOutcome,
+    pub provider_request_id: Option<String>,
+}
+
+/// The end of a successful turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TurnSummary {
+    /// The model that finished the turn.
+    pub model: String,
+    pub provider: String,
+    pub finish_reason: FinishReason,
+    /// Sum over all legs.
+    pub usage: Usage,
+    pub legs: Vec<Leg>,
+}
+
+/// One item of a running turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnEvent {
+    /// Answer text, in order, across legs: never duplicated, never missing.
+    Delta(String),
+    /// The turn moved to another model; in `Continue` mode the text goes on seamlessly.
+    Failover { from: String, to: String, reason: &'static str },
+    /// `Restart` mode: drop the partial text delivered so far; a fresh answer follows.
+    Retract { from: String },
+    /// The turn ended normally; always the last item.
+    Finished(TurnSummary),
+}
+
+/// Why a turn failed, as the client will be told.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TurnError {
+    #[error("unknown model `{0}`")]
+    UnknownModel(String),
+    /// Not worth trying elsewhere (bad request, provider credentials).
+    #[error(transparent)]
+    Rejected(ProviderError),
+    /// Every model in the chain failed or was unavailable.
+    #[error("no model could answer: {last}")]
+    Exhausted { last: ProviderError },
+    #[error("the turn did not finish within its deadline")]
+    DeadlineExceeded,
+    /// The tree refuses work instead of queueing without bound.
+    #[error("the engine is overloaded; try again shortly")]
+    Overloaded,
+    #[error("the turn was cancelled")]
+    Cancelled,
+}
+
+impl TurnError {
+    /// Stable snake_case code for the wire.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TurnError::UnknownModel(_) => "unknown_model",
+            TurnError::Rejected(e) => e.code(),
+            TurnError::Exhausted { .. } => "upstream_unavailable",
+            TurnError::DeadlineExceeded => "timeout",
+            TurnError::Overloaded => "overloaded",
+            TurnError::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A turn in progress. Dropping it cancels the turn, including the upstream request.
+pub type TurnStream = Pin<Box<dyn Stream<Item = Result<TurnEvent, TurnError>> + Send>>;
+
+/// Runs turns: implemented by the router, faked in conversation tests.
+pub trait TurnRunner: Send + Sync + 'static {
+    fn run_turn(&self, request: TurnRequest) -> TurnStream;
+}
