@@ -1,0 +1,358 @@
+//! The streaming driver shared by the HTTP adapters.
+//!
+//! An adapter supplies a [`Decode`] (what one SSE event of its protocol means); this module
+//! does the rest the same way for every provider:
+//!
+//! - sends the request and maps non-2xx responses through `http_errors`;
+//! - enforces the first-token deadline (request sent → first delta, response headers
+//!   included) and the idle deadline (delta → next delta; keep-alive pings do not reset it);
+//! - counts the deltas delivered, so a stream that breaks reports `StreamBroken { tokens }`;
+//! - ends after the first error or the final record, and drops the response body then, so a
+//!   consumer that drops the stream early closes the upstream connection (no token billed
+//!   for an answer nobody reads).
+//!
+//! It is an `unfold` over plain state rather than a spawned task: nothing runs unless the
+//! consumer polls, and dropping the stream cancels everything at once.
+
+use std::sync::Arc;
+
+use actors::ports::llm::{
+    CompletionResponse, ProviderError, ProviderStream, StreamEvent, TimeoutPhase,
+};
+use bytes::Bytes;
+use futures_util::{FutureExt, Stream, StreamExt, stream};
+use reqwest::header::HeaderMap;
+use tokio::time::{Instant, timeout_at};
+
+use super::http_errors::{self, UpstreamError};
+use super::sse::{SseEvent, SseParser};
+use super::{HttpEndpoint, ProviderKind};
+
+/// Largest error body we read before mapping it (error bodies are small JSON).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// What one SSE event of a provider's protocol amounts to.
+pub(crate) enum Step {
+    /// Nothing to deliver (role chunk, ping, block start/stop, …).
+    Skip,
+    Delta(String),
+    /// The protocol's terminator arrived; the stream ends with this record.
+    Done(actors::ports::llm::Completion),
+    /// An in-band error object.
+    Error(UpstreamError),
+}
+
+/// A provider's stream protocol.
+pub(crate) trait Decode: Send + 'static {
+    /// Sees the response headers once (for the provider request id).
+    fn on_headers(&mut self, headers: &HeaderMap);
+    /// Interprets one event; `Err` is a malformed frame.
+    fn on_event(&mut self, event: SseEvent<'_>) -> Result<Step, ProviderError>;
+}
+
+/// Parser + protocol decoder + delivered-token count: the synchronous heart of a stream, fed
+/// by the network in [`stream_sse`] and by recorded transcripts in tests and [`replay_sse`].
+pub(crate) struct EventDecoder<D> {
+    parser: SseParser,
+    decoder: D,
+    tokens: u32,
+}
+
+impl<D: Decode> EventDecoder<D> {
+    pub(crate) fn new(decoder: D) -> Self {
+        Self { parser: SseParser::new(), decoder, tokens: 0 }
+    }
+
+    pub(crate) fn on_headers(&mut self, headers: &HeaderMap) {
+        self.decoder.on_headers(headers);
+    }
+
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        self.parser.feed(bytes);
+    }
+
+    /// The next item from the bytes fed so far, `None` when more bytes are needed.
+    pub(crate) fn next_item(&mut self) -> Option<Result<StreamEvent, ProviderError>> {
+        loop {
+            let event = match self.parser.next_event() {
+                Ok(Some(event)) => event,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(ProviderError::Malformed(e.to_string()))),
+            };
+            return Some(match self.decoder.on_event(event) {
+                Ok(Step::Skip) => continue,
+                Ok(Step::Delta(text)) => {
+                    self.tokens += 1;
+                    Ok(StreamEvent::Delta(text))
+                }
+                Ok(Step::Done(completion)) => Ok(StreamEvent::Finished(completion)),
+                Ok(Step::Error(upstream)) => Err(http_errors::from_in_band(&upstream, self.tokens)),
+                Err(e) => Err(e),
+            });
+        }
+    }
+
+    pub(crate) fn tokens(&self) -> u32 {
+        self.tokens
+    }
+
+    /// The error for a body that ended (cleanly or not) before the protocol's terminator.
+    pub(crate) fn broken(&self, reason: &str) -> ProviderError {
+        ProviderError::StreamBroken { tokens: self.tokens, reason: reason.to_owned() }
+    }
+}
+
+/// Decodes a recorded SSE transcript of `kind`'s streaming protocol, delivered in `chunks`,
+/// exactly as a live stream would be (minus timeouts): for replaying captured streams when
+/// debugging an adapter, and for the parsing benchmark. `upstream_model` stands in for the
+/// model when the transcript does not name one.
+pub fn replay_sse<'a>(
+    kind: ProviderKind,
+    upstream_model: &str,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> Vec<Result<StreamEvent, ProviderError>> {
+    match kind {
+        ProviderKind::Anthropic => {
+            replay(EventDecoder::new(super::anthropic::StreamDecoder::new(upstream_model)), chunks)
+        }
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mock => {
+            replay(EventDecoder::new(super::openai::StreamDecoder::new(upstream_model)), chunks)
+        }
+    }
+}
+
+fn replay<'a, D: Decode>(
+    mut decoder: EventDecoder<D>,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> Vec<Result<StreamEvent, ProviderError>> {
+    let mut out = Vec::new();
+    for chunk in chunks {
+        decoder.feed(chunk);
+        while let Some(item) = decoder.next_item() {
+            let last = !matches!(item, Ok(StreamEvent::Delta(_)));
+            out.push(item);
+            if last {
+                return out;
+            }
+        }
+    }
+    out.push(Err(decoder.broken("the stream ended before its final event")));
+    out
+}
+
+type Body = std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+enum Phase {
+    /// The request body, not sent yet (sending starts on the first poll).
+    Start(Vec<u8>),
+    Streaming(Body),
+    Ended,
+}
+
+struct Run<D> {
+    endpoint: Arc<HttpEndpoint>,
+    phase: Phase,
+    events: EventDecoder<D>,
+    deadline: Instant,
+}
+
+/// Streams `body` (an encoded streaming request) to `endpoint`, decoding with `decoder`.
+pub(crate) fn stream_sse<D: Decode>(
+    endpoint: Arc<HttpEndpoint>,
+    body: Vec<u8>,
+    decoder: D,
+) -> ProviderStream {
+    let run = Run {
+        deadline: Instant::now() + endpoint.timeouts.first_token,
+        endpoint,
+        phase: Phase::Start(body),
+        events: EventDecoder::new(decoder),
+    };
+    Box::pin(stream::unfold(run, |mut run| async move {
+        if matches!(run.phase, Phase::Ended) {
+            return None;
+        }
+        let item = run.next().await;
+        match &item {
+            Ok(StreamEvent::Delta(_)) => {}
+            Ok(StreamEvent::Finished(_)) => {
+                run.drain_terminated_body();
+                run.phase = Phase::Ended;
+            }
+            Err(_) => run.phase = Phase::Ended,
+        }
+        Some((item, run))
+    }))
+}
+
+impl<D: Decode> Run<D> {
+    async fn next(&mut self) -> Result<StreamEvent, ProviderError> {
+        if let Phase::Start(body) = &mut self.phase {
+            let body = std::mem::take(body);
+            let response =
+                send(&self.endpoint, body, self.deadline, TimeoutPhase::FirstToken).await?;
+            self.events.on_headers(response.headers());
+            self.phase = Phase::Streaming(Box::pin(response.bytes_stream()));
+        }
+        loop {
+            if let Some(item) = self.events.next_item() {
+                if matches!(item, Ok(StreamEvent::Delta(_))) {
+                    self.deadline = Instant::now() + self.endpoint.timeouts.idle;
+                }
+                return item;
+            }
+            let Phase::Streaming(body) = &mut self.phase else {
+                return Err(self.events.broken("the stream was already closed"));
+            };
+            match timeout_at(self.deadline, body.next()).await {
+                Ok(Some(Ok(bytes))) => self.events.feed(&bytes),
+                Ok(None) => {
+                    return Err(self.events.broken("the stream ended before its final event"));
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(
+                        provider = self.endpoint.kind.as_str(),
+                        model = %self.endpoint.model,
+                        error = %e.without_url(),
+                        "provider stream body failed"
+                    );
+                    return Err(self.events.broken("the connection dropped mid-stream"));
+                }
+                Err(_) => {
+                    return Err(ProviderError::Timeout(if self.events.tokens() == 0 {
+                        TimeoutPhase::FirstToken
+                    } else {
+                        TimeoutPhase::Idle
+                    }));
+                }
+            }
+        }
+    }
+
+    /// After the terminator the server ends the body right away; reading that end (if it is
+    /// already here) lets the connection go back to the pool instead of being closed.
+    fn drain_terminated_body(&mut self) {
+        if let Phase::Streaming(body) = &mut self.phase {
+            for _ in 0..4 {
+                match body.next().now_or_never() {
+                    Some(Some(Ok(_))) => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+/// Sends one request and returns the successful response, mapping transport failures and
+/// error statuses. `phase` is what a deadline expiry means for the caller.
+pub(crate) async fn send(
+    endpoint: &HttpEndpoint,
+    body: Vec<u8>,
+    deadline: Instant,
+    phase: TimeoutPhase,
+) -> Result<reqwest::Response, ProviderError> {
+    let request = endpoint
+        .client
+        .post(endpoint.url.clone())
+        .headers(endpoint.headers.clone())
+        .body(body)
+        .send();
+    let response = match timeout_at(deadline, request).await {
+        Err(_) => return Err(ProviderError::Timeout(phase)),
+        Ok(Err(e)) => return Err(transport_error(endpoint, e, phase)),
+        Ok(Ok(response)) => response,
+    };
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let headers = response.headers().clone();
+    let body = read_error_body(response, deadline).await;
+    Err(http_errors::from_status(
+        endpoint.kind.as_str(),
+        &endpoint.model,
+        status.as_u16(),
+        &headers,
+        &body,
+    ))
+}
+
+fn transport_error(
+    endpoint: &HttpEndpoint,
+    e: reqwest::Error,
+    phase: TimeoutPhase,
+) -> ProviderError {
+    let error = if e.is_connect() {
+        if e.is_timeout() {
+            ProviderError::Timeout(TimeoutPhase::Connect)
+        } else {
+            ProviderError::Connect
+        }
+    } else if e.is_timeout() {
+        ProviderError::Timeout(phase)
+    } else {
+        ProviderError::StreamBroken {
+            tokens: 0,
+            reason: "the connection closed before the response".to_owned(),
+        }
+    };
+    // Without the URL: its query may carry deployment details.
+    tracing::warn!(
+        provider = endpoint.kind.as_str(),
+        model = %endpoint.model,
+        error = %e.without_url(),
+        code = error.code(),
+        "provider request failed"
+    );
+    error
+}
+
+/// Reads at most [`MAX_ERROR_BODY`] bytes of an error response, giving up at `deadline`.
+async fn read_error_body(mut response: reqwest::Response, deadline: Instant) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY {
+        match timeout_at(deadline, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body
+}
+
+/// Sends a non-streaming request and parses the whole JSON reply with `parse`, all within
+/// the endpoint's total request timeout.
+pub(crate) async fn complete_json<F>(
+    endpoint: Arc<HttpEndpoint>,
+    body: Vec<u8>,
+    parse: F,
+) -> Result<CompletionResponse, ProviderError>
+where
+    F: FnOnce(&[u8], Option<String>) -> Result<CompletionResponse, ProviderError>,
+{
+    let deadline = Instant::now() + endpoint.timeouts.total;
+    let response = send(&endpoint, body, deadline, TimeoutPhase::Total).await?;
+    let request_id = header_str(response.headers(), request_id_header(endpoint.kind));
+    let bytes = match timeout_at(deadline, response.bytes()).await {
+        Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::Total)),
+        Ok(Err(_)) => {
+            return Err(ProviderError::StreamBroken {
+                tokens: 0,
+                reason: "the connection dropped while reading the response".to_owned(),
+            });
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
+    parse(&bytes, request_id)
+}
+
+/// The response header carrying the provider's request id.
+pub(crate) fn request_id_header(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Anthropic => "request-id",
+        _ => "x-request-id",
+    }
+}
+
+pub(crate) fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
