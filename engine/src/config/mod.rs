@@ -1,0 +1,329 @@
+//! Configuration: a TOML file, overlaid by environment variables, validated into typed config.
+//!
+//! Order of precedence (last wins): built-in defaults → `switchyard.toml` (path from
+//! `--config` / `SWITCHYARD_CONFIG`) → environment variables with the names people already use
+//! (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `OPENAI_BASE_URL`, `ANTHROPIC_BASE_URL`,
+//! `DATABASE_URL`, `REDIS_URL`) → command-line flags. Unknown keys are rejected and every
+//! validation error names the key, so a typo fails at start instead of being ignored.
+//!
+//! With no `[[models]]` configured, [`catalogue`] supplies current OpenAI and Anthropic models
+//! (for whichever keys are set) with fallback chains between them, plus the built-in `mock`.
+
+pub mod catalogue;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::providers::{EndpointSpec, ProviderKind};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub providers: ProvidersConfig,
+    pub models: Vec<ModelConfig>,
+    pub routing: RoutingConfig,
+    pub database: Option<DatabaseConfig>,
+    pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// How long in-flight turns may run after SIGTERM before sockets are closed.
+    pub shutdown_grace_secs: u64,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace_secs: 30,
+            workers: 0,
+        }
+    }
+}
+
+/// Size and rate limits on every input.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest user message, in bytes of UTF-8.
+    pub max_message_bytes: usize,
+    /// Largest request body accepted on REST routes.
+    pub max_body_bytes: usize,
+    /// Largest WebSocket frame (a message over this gets an error frame, then a close).
+    pub ws_max_frame_bytes: usize,
+    /// Sustained client frames per second per WebSocket connection …
+    pub ws_frames_per_second: u32,
+    /// … with this burst.
+    pub ws_frame_burst: u32,
+    /// Events buffered per subscriber before a slow reader is dropped.
+    pub ws_outbox_events: usize,
+    /// A socket write that takes longer than this drops the session.
+    pub ws_write_timeout_ms: u64,
+    /// Ping interval; a client silent for `ws_client_timeout_secs` is dropped.
+    pub ws_heartbeat_secs: u64,
+    pub ws_client_timeout_secs: u64,
+    /// Seconds a new socket has to authenticate.
+    pub ws_auth_timeout_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 32 * 1024,
+            max_body_bytes: 256 * 1024,
+            ws_max_frame_bytes: 64 * 1024,
+            ws_frames_per_second: 5,
+            ws_frame_burst: 20,
+            ws_outbox_events: 1024,
+            ws_write_timeout_ms: 10_000,
+            ws_heartbeat_secs: 15,
+            ws_client_timeout_secs: 45,
+            ws_auth_timeout_secs: 10,
+        }
+    }
+}
+
+/// Credentials and base URLs shared by every model of a provider.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    pub openai: ProviderCredentials,
+    pub anthropic: ProviderCredentials,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderCredentials {
+    pub api_key: Option<SecretString>,
+    pub base_url: Option<String>,
+}
+
+/// One model clients can name, served by one endpoint.
+///
+/// In TOML the endpoint's keys sit beside `name` and `fallbacks` in one `[[models]]` table.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The name clients use (`"model": "gpt-4o"`).
+    pub name: String,
+    /// Models to fail over to, in order.
+    pub fallbacks: Vec<String>,
+    pub endpoint: EndpointSpec,
+}
+
+// Hand-written because `#[serde(flatten)]` silently accepts unknown keys: the endpoint's own
+// `deny_unknown_fields` must see exactly the keys that are not ours.
+impl<'de> Deserialize<'de> for ModelConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let name = match table.remove("name") {
+            Some(toml::Value::String(name)) => name,
+            Some(_) => return Err(D::Error::custom("`name` must be a string")),
+            None => return Err(D::Error::missing_field("name")),
+        };
+        let fallbacks = match table.remove("fallbacks") {
+            Some(value) => Vec::<String>::deserialize(value)
+                .map_err(|e| D::Error::custom(format!("model `{name}`: fallbacks: {e}")))?,
+            None => Vec::new(),
+        };
+        let endpoint = EndpointSpec::deserialize(toml::Value::Table(table))
+            .map_err(|e| D::Error::custom(format!("model `{name}`: {e}")))?;
+        Ok(ModelConfig { name, fallbacks, endpoint })
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Used when a client names no model. Defaults to the first configured model.
+    pub default_model: Option<String>,
+    /// Route aliases: a name that resolves to a chain of models, e.g. `auto`.
+    pub aliases: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: SecretString,
+}
+
+/// Where environment variables come from; a map in tests, the process environment in `main`.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment. Empty values count as unset.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Environment for BTreeMap<&str, &str> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).map(|v| (*v).to_owned())
+    }
+}
+
+impl Config {
+    /// Loads the file (if any), applies the environment, fills the catalogue and validates.
+    pub fn load(path: Option<&Path>, env: &dyn Environment) -> anyhow::Result<Config> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("failed to read config file {}", path.display()))?;
+                Config::parse(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        if config.models.is_empty() {
+            config.models = catalogue::default_models(&config.providers);
+        }
+        config.fill_credentials();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML; errors name the offending key and line.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        Ok(toml::from_str(text)?)
+    }
+
+    fn apply_env(&mut self, env: &dyn Environment) -> anyhow::Result<()> {
+        if let Some(key) = env.var("OPENAI_API_KEY") {
+            self.providers.openai.api_key = Some(SecretString::from(key));
+        }
+        if let Some(url) = env.var("OPENAI_BASE_URL") {
+            self.providers.openai.base_url = Some(url);
+        }
+        if let Some(key) = env.var("ANTHROPIC_API_KEY") {
+            self.providers.anthropic.api_key = Some(SecretString::from(key));
+        }
+        if let Some(url) = env.var("ANTHROPIC_BASE_URL") {
+            self.providers.anthropic.base_url = Some(url);
+        }
+        if let Some(url) = env.var("DATABASE_URL") {
+            self.database = Some(DatabaseConfig { url: SecretString::from(url) });
+        }
+        if let Some(url) = env.var("REDIS_URL") {
+            self.redis = Some(RedisConfig { url: SecretString::from(url) });
+        }
+        if let Some(listen) = env.var("SWITCHYARD_LISTEN") {
+            self.server.listen = listen.parse().with_context(|| {
+                format!("SWITCHYARD_LISTEN: `{listen}` is not an address like 127.0.0.1:8080")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Models of a provider that name no key or base URL of their own use the provider's.
+    fn fill_credentials(&mut self) {
+        for model in &mut self.models {
+            let shared = match model.endpoint.provider {
+                ProviderKind::Openai => &self.providers.openai,
+                ProviderKind::Anthropic => &self.providers.anthropic,
+                ProviderKind::OpenaiCompatible | ProviderKind::Mock => continue,
+            };
+            if model.endpoint.api_key.is_none() {
+                model.endpoint.api_key = shared.api_key.clone();
+            }
+            if model.endpoint.base_url.is_none() {
+                model.endpoint.base_url = shared.base_url.clone();
+            }
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let mut names = HashSet::new();
+        for (i, model) in self.models.iter().enumerate() {
+            let at = format!("models[{i}] (`{}`)", model.name);
+            if model.name.trim().is_empty() {
+                bail!("models[{i}].name: must not be empty");
+            }
+            if !names.insert(model.name.as_str()) {
+                bail!("{at}.name: the name is used by another model");
+            }
+            if self.routing.aliases.contains_key(&model.name) {
+                bail!("{at}.name: also defined as a routing alias");
+            }
+            let needs_key =
+                matches!(model.endpoint.provider, ProviderKind::Openai | ProviderKind::Anthropic);
+            if needs_key && model.endpoint.api_key.is_none() {
+                let var = match model.endpoint.provider {
+                    ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
+                    _ => "OPENAI_API_KEY",
+                };
+                bail!("{at}.api_key: the provider needs an API key; set {var} or api_key");
+            }
+            if model.endpoint.provider == ProviderKind::OpenaiCompatible
+                && model.endpoint.base_url.is_none()
+            {
+                bail!("{at}.base_url: required for an openai_compatible endpoint");
+            }
+        }
+        for (i, model) in self.models.iter().enumerate() {
+            for fallback in &model.fallbacks {
+                if !names.contains(fallback.as_str()) {
+                    bail!("models[{i}] (`{}`).fallbacks: unknown model `{fallback}`", model.name);
+                }
+                if fallback == &model.name {
+                    bail!(
+                        "models[{i}] (`{}`).fallbacks: a model cannot fall back to itself",
+                        model.name
+                    );
+                }
+            }
+        }
+        for (alias, chain) in &self.routing.aliases {
+            if chain.is_empty() {
+                bail!("routing.aliases.{alias}: needs at least one model");
+            }
+            if let Some(unknown) = chain.iter().find(|m| !names.contains(m.as_str())) {
+                bail!("routing.aliases.{alias}: unknown model `{unknown}`");
+            }
+        }
+        if let Some(default) = &self.routing.default_model {
+            if !names.contains(default.as_str()) && !self.routing.aliases.contains_key(default) {
+                bail!("routing.default_model: unknown model `{default}`");
+            }
+        }
+        if self.models.is_empty() {
+            bail!("models: at least one model must be configured");
+        }
+        Ok(())
+    }
+
+    /// The model used when a client names none.
+    pub fn default_model(&self) -> &str {
+        match &self.routing.default_model {
+            Some(name) => name,
+            None => self.models.first().map_or("mock", |m| m.name.as_str()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
