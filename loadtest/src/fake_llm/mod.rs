@@ -251,6 +251,9 @@ fn build(
             let _ = tcp.set_nodelay(true);
         }
     })
+    // HTTP clients never half-close; treating EOF as a disconnect is what lets a silent
+    // (`hang_after`) stream notice that its client gave up, and frees its connection.
+    .h1_allow_half_closed(false)
     .workers(workers.max(1))
     // Load tests open thousands of streams at once.
     .backlog(4096)
