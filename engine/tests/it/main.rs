@@ -1,0 +1,8 @@
+//! The engine's one integration test binary (one binary keeps link time down); each area of
+//! the engine adds a module here.
+
+// clippy.toml allows these inside `#[test]` functions only; test helpers and scenario
+// functions shared by several tests are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod providers;
