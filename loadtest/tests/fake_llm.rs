@@ -345,6 +345,17 @@ async fn anthropic_requires_api_key_max_tokens_and_top_level_system() {
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "authentication_error");
 
+    // Current SDKs send the key as a bearer token, which the real API accepts too.
+    let resp = client()
+        .post(format!("{}/v1/messages", srv.base_url()))
+        .bearer_auth("test-key")
+        .header("anthropic-version", "2023-06-01")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
     let mut body = messages_body(false);
     body.as_object_mut().unwrap().remove("max_tokens");
     let resp = anthropic(&srv, &body, "").await;

@@ -1,5 +1,5 @@
 //! Anthropic Messages (`POST /v1/messages`) in Anthropic's wire format: header checks
-//! (`x-api-key`, `anthropic-version`), request validation with Anthropic's error shape, the
+//! (`x-api-key` or `Authorization`, `anthropic-version`), request validation with Anthropic's error shape, the
 //! non-streaming `message` object, and the named-event SSE stream (`message_start` …
 //! `message_stop`), whose per-token frame is fully static around the token.
 
@@ -223,8 +223,10 @@ pub(crate) async fn messages(
     body: bytes::Bytes,
 ) -> HttpResponse {
     let seq = shared.begin(&req, &body);
-    // Anthropic checks credentials before anything else.
-    if !req.headers().contains_key("x-api-key") {
+    // Anthropic checks credentials before anything else. Current SDKs (anthropic-python 2.x)
+    // send the key as `Authorization: Bearer`, which the real API accepts too.
+    let headers = req.headers();
+    if !headers.contains_key("x-api-key") && !headers.contains_key("authorization") {
         return error(401, "x-api-key header is required", None);
     }
     let scenario = match shared.scenario(&req) {
