@@ -7,10 +7,18 @@
 //!   `actors::ports::llm::LlmProvider` port;
 //! - [`config`]: TOML + environment → validated typed configuration;
 //! - [`error`]: the one client-facing error type;
+//! - [`tree`]: starting the actor tree from the configuration;
+//! - [`http`]: the edges — WebSocket chat, REST + SSE, admin inspection, health;
+//! - [`conversations`]: the edges' view of a conversation (principal, link, error mapping);
+//! - [`server`]: building, running and gracefully stopping the engine;
 //! - [`cli`], [`telemetry`]: the command line and logging.
 
 pub mod cli;
 pub mod config;
+pub mod conversations;
 pub mod error;
+pub mod http;
 pub mod providers;
+pub mod server;
 pub mod telemetry;
+pub mod tree;

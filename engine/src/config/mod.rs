@@ -189,7 +189,7 @@ impl Environment for BTreeMap<&str, &str> {
 impl Config {
     /// Loads the file (if any), applies the environment, fills the catalogue and validates.
     pub fn load(path: Option<&Path>, env: &dyn Environment) -> anyhow::Result<Config> {
-        let mut config = match path {
+        let config = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("failed to read config file {}", path.display()))?;
@@ -198,13 +198,18 @@ impl Config {
             }
             None => Config::default(),
         };
-        config.apply_env(env)?;
-        if config.models.is_empty() {
-            config.models = catalogue::default_models(&config.providers);
+        config.finish(env)
+    }
+
+    /// Applies the environment, fills the catalogue and validates a parsed config.
+    pub fn finish(mut self, env: &dyn Environment) -> anyhow::Result<Config> {
+        self.apply_env(env)?;
+        if self.models.is_empty() {
+            self.models = catalogue::default_models(&self.providers);
         }
-        config.fill_credentials();
-        config.validate()?;
-        Ok(config)
+        self.fill_credentials();
+        self.validate()?;
+        Ok(self)
     }
 
     /// Parses TOML; errors name the offending key and line.

@@ -257,6 +257,10 @@ impl Decode for StreamDecoder {
         self.header_request_id = streaming::header_str(headers, "request-id");
     }
 
+    fn whole_response(&mut self, body: &[u8]) -> Result<CompletionResponse, ProviderError> {
+        parse_response(body, self.header_request_id.take(), &self.upstream_model)
+    }
+
     fn on_event(&mut self, event: SseEvent<'_>) -> Result<Step, ProviderError> {
         let parsed: Event<'_> = serde_json::from_str(event.data).map_err(|e| {
             ProviderError::Malformed(format!("unparseable Messages stream event: {e}"))

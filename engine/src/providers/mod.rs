@@ -27,6 +27,7 @@ mod streaming;
 mod test_support;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,8 +76,9 @@ const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 
 /// One model endpoint as configured (a `[[models]]` entry of the engine's TOML config).
 ///
-/// `Debug` output never shows the API key (`SecretString` redacts it).
-#[derive(Debug, Clone, Deserialize)]
+/// `Debug` output never shows the API key (`SecretString` redacts it) nor the values of the
+/// extra `headers` (they may carry credentials too).
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     pub provider: ProviderKind,
@@ -113,6 +115,39 @@ pub struct EndpointSpec {
     /// Pacing of the `mock` provider; ignored by the others.
     #[serde(default)]
     pub mock: MockSpec,
+}
+
+impl fmt::Debug for EndpointSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointSpec")
+            .field("provider", &self.provider)
+            .field("upstream_model", &self.upstream_model)
+            .field("base_url", &self.base_url.as_deref().map(redact_userinfo))
+            .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
+            .field("api_key_header", &self.api_key_header)
+            .field("query", &self.query.keys().collect::<Vec<_>>())
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("first_token_timeout_ms", &self.first_token_timeout_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("mock", &self.mock)
+            .finish()
+    }
+}
+
+/// `https://user:pass@host/x` → `https://[REDACTED]@host/x`: a base URL may embed
+/// credentials, and it appears in errors and `Debug` output.
+fn redact_userinfo(url: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end =
+        url[authority_start..].find(['/', '?', '#']).map_or(url.len(), |i| authority_start + i);
+    match url[authority_start..authority_end].rfind('@') {
+        Some(at) => {
+            format!("{}[REDACTED]{}", &url[..authority_start], &url[authority_start + at..])
+        }
+        None => url.to_owned(),
+    }
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -239,7 +274,7 @@ pub fn build_provider(
     let provider: Arc<dyn LlmProvider> = match spec.provider {
         ProviderKind::Mock => Arc::new(mock::MockProvider::new(spec)),
         ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
-            Arc::new(openai::OpenAiProvider::new(spec, HttpEndpoint::new(spec, http)?))
+            Arc::new(openai::OpenAiProvider::new(HttpEndpoint::new(spec, http)?))
         }
         ProviderKind::Anthropic => {
             Arc::new(anthropic::AnthropicProvider::new(HttpEndpoint::new(spec, http)?))
@@ -282,13 +317,17 @@ impl HttpEndpoint {
             (None, None) => return Err(ConfigError::MissingBaseUrl { provider }),
         };
         let invalid = |reason: &str| ConfigError::InvalidBaseUrl {
-            url: base.to_owned(),
+            url: redact_userinfo(base),
             reason: reason.to_owned(),
         };
         // Join as a path segment even when the base has no trailing slash
         // (`…/v1` + `chat/completions`, not a replacement of `v1`).
         let mut url = reqwest::Url::parse(&format!("{}/{path}", base.trim_end_matches('/')))
             .map_err(|e| invalid(&e.to_string()))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            // reqwest would send them as Basic auth; keys belong in `api_key`.
+            return Err(invalid("credentials in the URL are not supported; use api_key"));
+        }
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid("the scheme must be http or https"));
         }
@@ -304,7 +343,12 @@ impl HttpEndpoint {
         for (name, value) in &spec.headers {
             let invalid = || ConfigError::InvalidHeader { name: name.clone() };
             let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
-            let value = HeaderValue::from_str(value).map_err(|_| invalid())?;
+            let mut value = HeaderValue::from_str(value).map_err(|_| invalid())?;
+            // Operators put tokens in extra headers too (gateways, proxies).
+            let lower = header.as_str();
+            if ["auth", "key", "token", "secret", "cookie"].iter().any(|w| lower.contains(w)) {
+                value.set_sensitive(true);
+            }
             headers.insert(header, value);
         }
         match &spec.api_key {
@@ -391,6 +435,21 @@ mod tests {
         .unwrap();
         assert!(!format!("{spec:?}").contains("SUPERSECRET"));
         assert!(build_provider(&spec, &client()).is_ok());
+
+        // Extra headers and URL credentials are hidden too.
+        let proxied = spec
+            .clone()
+            .with_header("x-gateway-token", "tok-SUPERSECRET")
+            .with_base_url("https://user:SUPERSECRET@gateway.example/v1");
+        let shown = format!("{proxied:?}");
+        assert!(!shown.contains("SUPERSECRET") && shown.contains("x-gateway-token"), "{shown}");
+        let err = build_provider(&proxied, &client()).err().unwrap();
+        assert!(!format!("{err:?} {err}").contains("SUPERSECRET"), "{err}");
+        assert_eq!(redact_userinfo("http://a:b@h:1/p?q=@"), "http://[REDACTED]@h:1/p?q=@");
+        assert_eq!(redact_userinfo("http://h/p@x"), "http://h/p@x");
+        let gateway = spec.clone().with_header("x-gateway-token", "tok");
+        let ep = HttpEndpoint::new(&gateway, &client()).unwrap();
+        assert!(ep.headers.get("x-gateway-token").unwrap().is_sensitive());
 
         let endpoint = HttpEndpoint::new(&spec, &client()).unwrap();
         assert!(!format!("{:?}", endpoint.headers).contains("SUPERSECRET"));

@@ -41,7 +41,7 @@ pub struct OpenAiProvider {
 }
 
 impl OpenAiProvider {
-    pub(crate) fn new(_spec: &super::EndpointSpec, endpoint: HttpEndpoint) -> Self {
+    pub(crate) fn new(endpoint: HttpEndpoint) -> Self {
         Self { endpoint: Arc::new(endpoint) }
     }
 
@@ -265,6 +265,10 @@ impl StreamDecoder {
 impl Decode for StreamDecoder {
     fn on_headers(&mut self, headers: &HeaderMap) {
         self.header_request_id = streaming::header_str(headers, "x-request-id");
+    }
+
+    fn whole_response(&mut self, body: &[u8]) -> Result<CompletionResponse, ProviderError> {
+        parse_response(body, self.header_request_id.take(), &self.upstream_model)
     }
 
     fn on_event(&mut self, event: SseEvent<'_>) -> Result<Step, ProviderError> {

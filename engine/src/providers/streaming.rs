@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use actors::ports::llm::{
-    CompletionResponse, ProviderError, ProviderStream, StreamEvent, TimeoutPhase,
+    Completion, CompletionResponse, ProviderError, ProviderStream, StreamEvent, TimeoutPhase,
 };
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt, stream};
@@ -37,7 +37,7 @@ pub(crate) enum Step {
     Skip,
     Delta(String),
     /// The protocol's terminator arrived; the stream ends with this record.
-    Done(actors::ports::llm::Completion),
+    Done(Completion),
     /// An in-band error object.
     Error(UpstreamError),
 }
@@ -48,6 +48,9 @@ pub(crate) trait Decode: Send + 'static {
     fn on_headers(&mut self, headers: &HeaderMap);
     /// Interprets one event; `Err` is a malformed frame.
     fn on_event(&mut self, event: SseEvent<'_>) -> Result<Step, ProviderError>;
+    /// Interprets a whole JSON body received where a stream was asked for: a compatible
+    /// server that ignored `stream: true`, or a gateway's error object sent with a 200.
+    fn whole_response(&mut self, body: &[u8]) -> Result<CompletionResponse, ProviderError>;
 }
 
 /// Parser + protocol decoder + delivered-token count: the synchronous heart of a stream, fed
@@ -146,6 +149,8 @@ enum Phase {
     /// The request body, not sent yet (sending starts on the first poll).
     Start(Vec<u8>),
     Streaming(Body),
+    /// A whole JSON reply was delivered as one delta; its final record comes next.
+    Replied(Option<Completion>),
     Ended,
 }
 
@@ -163,7 +168,7 @@ pub(crate) fn stream_sse<D: Decode>(
     decoder: D,
 ) -> ProviderStream {
     let run = Run {
-        deadline: Instant::now() + endpoint.timeouts.first_token,
+        deadline: Instant::now(), // set when the request is sent, on the first poll
         endpoint,
         phase: Phase::Start(body),
         events: EventDecoder::new(decoder),
@@ -189,10 +194,20 @@ impl<D: Decode> Run<D> {
     async fn next(&mut self) -> Result<StreamEvent, ProviderError> {
         if let Phase::Start(body) = &mut self.phase {
             let body = std::mem::take(body);
+            self.deadline = Instant::now() + self.endpoint.timeouts.first_token;
             let response =
                 send(&self.endpoint, body, self.deadline, TimeoutPhase::FirstToken).await?;
             self.events.on_headers(response.headers());
+            if is_json(response.headers()) {
+                return self.whole_reply(response).await;
+            }
             self.phase = Phase::Streaming(Box::pin(response.bytes_stream()));
+        }
+        if let Phase::Replied(completion) = &mut self.phase {
+            return match completion.take() {
+                Some(completion) => Ok(StreamEvent::Finished(completion)),
+                None => Err(self.events.broken("the stream was already closed")),
+            };
         }
         loop {
             if let Some(item) = self.events.next_item() {
@@ -227,6 +242,31 @@ impl<D: Decode> Run<D> {
                 }
             }
         }
+    }
+
+    /// Delivers a JSON body that came instead of an event stream as one delta and a final
+    /// record (or its error).
+    async fn whole_reply(
+        &mut self,
+        response: reqwest::Response,
+    ) -> Result<StreamEvent, ProviderError> {
+        let bytes = match timeout_at(self.deadline, response.bytes()).await {
+            Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstToken)),
+            Ok(Err(_)) => return Err(self.events.broken("the connection dropped mid-response")),
+            Ok(Ok(bytes)) => bytes,
+        };
+        let reply = self.events.decoder.whole_response(&bytes)?;
+        tracing::debug!(
+            provider = self.endpoint.kind.as_str(),
+            model = %self.endpoint.model,
+            "a streaming request got a whole JSON reply; delivering it as one delta"
+        );
+        if reply.text.is_empty() {
+            return Ok(StreamEvent::Finished(reply.completion));
+        }
+        self.events.tokens += 1;
+        self.phase = Phase::Replied(Some(reply.completion));
+        Ok(StreamEvent::Delta(reply.text))
     }
 
     /// After the terminator the server ends the body right away; reading that end (if it is
@@ -343,6 +383,13 @@ where
         Ok(Ok(bytes)) => bytes,
     };
     parse(&bytes, request_id)
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"))
 }
 
 /// The response header carrying the provider's request id.

@@ -5,4 +5,6 @@
 // functions shared by several tests are test code too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod app;
+mod edges;
 mod providers;

@@ -1,0 +1,297 @@
+//! REST for conversations: create, list, read (with history), delete, and post a message —
+//! answered whole, or streamed as Server-Sent Events carrying the same events as the
+//! WebSocket (`event: <type>` + `data: <json>`).
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, delete, get, post, web};
+use actors::events::ConversationEvent;
+use actors::ports::llm::{FinishReason, Role, Usage};
+use actors::ports::store::{ConversationSettings, ListQuery, MessageStatus, StoredMessage};
+use bytes::Bytes;
+use futures_util::stream;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::conversations::{ConversationLink, Principal, api_error};
+use crate::error::ApiError;
+use crate::server::AppState;
+
+/// Longest conversation title.
+const MAX_TITLE_BYTES: usize = 200;
+/// Messages returned with a conversation.
+const HISTORY_LIMIT: usize = 1000;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(create).service(list).service(read).service(remove).service(post_message);
+}
+
+/// Until authentication is configured every request belongs to the embedded tenant.
+fn principal() -> Principal {
+    Principal::embedded()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateConversation {
+    model: Option<String>,
+    temperature: Option<f32>,
+    system_prompt: Option<String>,
+    title: Option<String>,
+}
+
+#[post("/api/v1/conversations")]
+async fn create(
+    state: web::Data<AppState>,
+    body: web::Json<CreateConversation>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let config = &state.config;
+    let model = body.model.unwrap_or_else(|| config.default_model().to_owned());
+    let known = config.models.iter().any(|m| m.name == model)
+        || config.routing.aliases.contains_key(&model);
+    if !known {
+        return Err(ApiError::bad_request(
+            "unknown_model",
+            format!("unknown model `{model}`; GET /v1/models lists them"),
+        ));
+    }
+    if let Some(t) = body.temperature {
+        if !(0.0..=2.0).contains(&t) || t.is_nan() {
+            return Err(ApiError::bad_request(
+                "invalid_temperature",
+                "temperature must be between 0 and 2",
+            ));
+        }
+    }
+    if body.system_prompt.as_ref().is_some_and(|p| p.len() > config.limits.max_message_bytes) {
+        let message =
+            format!("system_prompt is limited to {} bytes", config.limits.max_message_bytes);
+        return Err(ApiError::bad_request("system_prompt_too_large", message));
+    }
+    if body.title.as_ref().is_some_and(|t| t.len() > MAX_TITLE_BYTES) {
+        return Err(ApiError::bad_request(
+            "title_too_large",
+            format!("title is limited to {MAX_TITLE_BYTES} bytes"),
+        ));
+    }
+    let who = principal();
+    let settings = ConversationSettings {
+        model,
+        temperature: body.temperature,
+        system_prompt: body.system_prompt,
+        title: body.title,
+    };
+    let conversation = state
+        .tree
+        .store
+        .create_conversation(&who.tenant_id, &who.user_id, settings)
+        .await
+        .map_err(|e| api_error(e.into()))?;
+    Ok(HttpResponse::Created().json(conversation))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+#[get("/api/v1/conversations")]
+async fn list(
+    state: web::Data<AppState>,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
+    let who = principal();
+    let params = params.into_inner();
+    let query = ListQuery {
+        owner_id: Some(who.user_id.clone()),
+        cursor: params.cursor,
+        limit: params.limit.unwrap_or(20).clamp(1, 100),
+    };
+    let page = state
+        .tree
+        .store
+        .list_conversations(&who.tenant_id, query)
+        .await
+        .map_err(|e| api_error(e.into()))?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// A message as a client reads it in history.
+#[derive(Debug, Serialize)]
+struct MessageView<'a> {
+    id: &'a str,
+    role: Role,
+    status: MessageStatus,
+    content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finish_reason: Option<FinishReason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost_micros: Option<u64>,
+    first_seq: u64,
+    last_seq: u64,
+    created_at_ms: u64,
+}
+
+impl<'a> From<&'a StoredMessage> for MessageView<'a> {
+    fn from(m: &'a StoredMessage) -> Self {
+        MessageView {
+            id: &m.id,
+            role: m.role,
+            status: m.status,
+            content: m.content(),
+            client_id: m.client_id.as_deref(),
+            reply_to: m.reply_to.as_deref(),
+            model: m.model.as_deref(),
+            usage: m.usage,
+            finish_reason: m.finish_reason,
+            cost_micros: m.cost_micros,
+            first_seq: m.first_seq,
+            last_seq: m.last_seq,
+            created_at_ms: m.created_at_ms,
+        }
+    }
+}
+
+#[get("/api/v1/conversations/{id}")]
+async fn read(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let who = principal();
+    let loaded = state
+        .tree
+        .store
+        .load(&who.tenant_id, &id, HISTORY_LIMIT)
+        .await
+        .map_err(|e| api_error(e.into()))?;
+    let messages: Vec<MessageView<'_>> = loaded.messages.iter().map(MessageView::from).collect();
+    Ok(HttpResponse::Ok()
+        .json(json!({ "conversation": loaded.conversation, "messages": messages })))
+}
+
+#[delete("/api/v1/conversations/{id}")]
+async fn remove(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let who = principal();
+    state
+        .tree
+        .store
+        .delete_conversation(&who.tenant_id, &id)
+        .await
+        .map_err(|e| api_error(e.into()))?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostMessage {
+    content: String,
+    client_id: Option<String>,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[post("/api/v1/conversations/{id}/messages")]
+async fn post_message(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<PostMessage>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let limit = state.config.limits.max_message_bytes;
+    if body.content.len() > limit {
+        return Err(ApiError::bad_request(
+            "message_too_large",
+            format!("messages are limited to {limit} bytes"),
+        ));
+    }
+    if body.content.trim().is_empty() {
+        return Err(ApiError::bad_request("empty_message", "content must not be empty"));
+    }
+    if body
+        .client_id
+        .as_ref()
+        .is_some_and(|c| c.len() > crate::http::ws::protocol::MAX_CLIENT_ID_BYTES)
+    {
+        return Err(ApiError::bad_request("invalid_client_id", "client_id is too long"));
+    }
+    let mut link = ConversationLink::open(&state.tree.conversations, principal(), &id).await?;
+    if !body.stream {
+        let message = actors::conversation::PostUserMessage {
+            user_id: principal().user_id,
+            client_id: body.client_id,
+            content: body.content,
+        };
+        let turn = link.handle().complete(message).await.map_err(api_error)?;
+        return Ok(HttpResponse::Ok().json(json!({
+            "message_id": turn.message_id,
+            "reply_to": turn.user_message_id,
+            "content": turn.text,
+            "model": turn.model,
+            "usage": turn.usage,
+            "finish_reason": turn.finish_reason,
+            "cost_micros": turn.cost_micros,
+            "seq": turn.seq,
+        })));
+    }
+    // Listen before posting so the ack and every delta of this turn are seen.
+    let (events, _) = link.subscribe(None).await?;
+    let posted = link.post(body.client_id, body.content).await?;
+    Ok(HttpResponse::build(StatusCode::OK)
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(sse_stream(link, events, posted.message_id)))
+}
+
+/// SSE frames for one turn: every event of the conversation from the subscription on, until
+/// the terminal event answering `message_id`. The link lives inside the stream, so a client
+/// that disconnects drops it and with it the subscription.
+fn sse_stream(
+    link: ConversationLink,
+    events: mpsc::Receiver<Arc<ConversationEvent>>,
+    message_id: String,
+) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
+    stream::unfold(Some((link, events)), move |state| {
+        let message_id = message_id.clone();
+        async move {
+            let (link, mut events) = state?;
+            let event = events.recv().await?;
+            let frame = sse_frame(&event);
+            let finished = event.is_terminal() && event.reply_to() == Some(message_id.as_str());
+            let next = if finished { None } else { Some((link, events)) };
+            Some((Ok(frame), next))
+        }
+    })
+}
+
+/// `event: <type>\ndata: <json>\n\n`
+pub fn sse_frame(event: &ConversationEvent) -> Bytes {
+    let json = serde_json::to_string(event).unwrap_or_else(|_| String::from("{}"));
+    Bytes::from(format!("event: {}\ndata: {json}\n\n", event_type(event)))
+}
+
+/// The event's `type` tag, as its JSON carries it.
+fn event_type(event: &ConversationEvent) -> &'static str {
+    match event {
+        ConversationEvent::Ack { .. } => "ack",
+        ConversationEvent::Delta { .. } => "delta",
+        ConversationEvent::Failover { .. } => "failover",
+        ConversationEvent::Retract { .. } => "retract",
+        ConversationEvent::Done { .. } => "done",
+        ConversationEvent::Error { .. } => "error",
+        ConversationEvent::Interrupted { .. } => "interrupted",
+    }
+}

@@ -1,0 +1,39 @@
+//! `/healthz` (the process is up) and `/readyz` (it can serve: stores reachable, at least one
+//! model endpoint healthy). Load balancers and Kubernetes probes use these.
+
+use actix_web::{HttpResponse, get, web};
+use actors::registry::{ActorKind, ActorState, CircuitState};
+use serde_json::json;
+
+use crate::server::AppState;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(healthz).service(readyz);
+}
+
+#[get("/healthz")]
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+#[get("/readyz")]
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let providers: Vec<_> =
+        state.registry.snapshot().into_iter().filter(|a| a.kind == ActorKind::Provider).collect();
+    let healthy = providers
+        .iter()
+        .filter(|p| p.state == ActorState::Running && p.circuit != Some(CircuitState::Open))
+        .count();
+    let ready = healthy > 0 && !state.shutting_down();
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "providers": { "healthy": healthy, "total": providers.len() },
+        "store": "memory",
+        "shutting_down": state.shutting_down(),
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

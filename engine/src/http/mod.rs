@@ -1,0 +1,17 @@
+//! The HTTP and WebSocket edges, grouped by resource. Handlers stay thin: parse, authorize,
+//! hand to an actor or service, map the result.
+
+pub mod admin;
+pub mod conversations;
+pub mod health;
+pub mod ws;
+
+use actix_web::web;
+
+/// Every route of the engine.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.configure(health::routes)
+        .configure(admin::routes)
+        .configure(conversations::routes)
+        .configure(ws::routes);
+}

@@ -1,0 +1,226 @@
+//! One WebSocket connection: a task that owns the socket and is subscribed to one
+//! `ConversationActor`.
+//!
+//! Built on actix-ws rather than actix-web-actors: measured on this machine, actix-web-actors'
+//! `WebsocketContext` queues writes without bound, so one client that stopped reading grew the
+//! server by 100+ MB in 20 s and could not even be evicted (its heartbeat and `stop()` never
+//! ran while output was blocked). With actix-ws a write to a client that does not read waits,
+//! so every write here has a deadline, and a session that misses it is dropped.
+//!
+//! The session never buffers without bound: conversation events reach it through the bounded
+//! subscription channel the conversation actor feeds with `try_send` — a session that falls
+//! behind is unsubscribed by the actor (it can `resume` later) and never slows the other
+//! subscribers. Client frames are size-checked, parsed strictly and rate-limited; a violation
+//! gets an `error` frame, and only abuse (far past the limits) closes the socket.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use actors::events::ConversationEvent;
+use futures_util::StreamExt;
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use super::protocol::{ClientFrame, SessionFrame, parse_client_frame};
+use super::rate::TokenBucket;
+use crate::config::LimitsConfig;
+use crate::conversations::ConversationLink;
+use crate::error::ApiError;
+
+/// Consecutive rate-limit violations before the socket is closed as abusive.
+const MAX_RATE_VIOLATIONS: u32 = 50;
+
+/// Why a session ended, for the close frame.
+enum End {
+    ClientClosed,
+    Close(CloseCode, &'static str),
+    /// The socket is unusable (write deadline missed, transport error): just drop it.
+    Drop,
+}
+
+/// Everything a session needs, handed over by the route once the socket is authenticated.
+pub struct SessionParams {
+    pub link: ConversationLink,
+    pub limits: LimitsConfig,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Runs the session until the client leaves, misbehaves, or the engine shuts down.
+pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: SessionParams) {
+    let SessionParams { mut link, limits, mut shutdown } = params;
+    let write_timeout = Duration::from_millis(limits.ws_write_timeout_ms);
+    let mut writer = Writer { session: session.clone(), timeout: write_timeout };
+    let mut bucket = TokenBucket::new(limits.ws_frames_per_second, limits.ws_frame_burst);
+    let mut violations = 0u32;
+    let mut events: Option<mpsc::Receiver<Arc<ConversationEvent>>> = None;
+    let mut last_seen = Instant::now();
+    // Spread heartbeats so 10,000 sockets opened together don't ping in lockstep.
+    let period = Duration::from_secs(limits.ws_heartbeat_secs.max(1));
+    let jitter = rand::rng().random_range(0..period.as_millis().max(1) as u64);
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_millis(jitter),
+        period,
+    );
+    let client_timeout = Duration::from_secs(limits.ws_client_timeout_secs);
+
+    let end = loop {
+        tokio::select! {
+            frame = frames.next() => {
+                let Some(frame) = frame else { break End::ClientClosed };
+                last_seen = Instant::now();
+                let text = match frame {
+                    Ok(AggregatedMessage::Text(text)) => text,
+                    Ok(AggregatedMessage::Ping(bytes)) => {
+                        if writer.pong(&bytes).await.is_err() { break End::Drop }
+                        continue;
+                    }
+                    Ok(AggregatedMessage::Pong(_)) => continue,
+                    Ok(AggregatedMessage::Close(_)) => break End::ClientClosed,
+                    Ok(AggregatedMessage::Binary(_)) => {
+                        if writer.error("invalid_frame", "binary frames are not supported; send JSON text").await.is_err() { break End::Drop }
+                        continue;
+                    }
+                    // Over the hard size cap, invalid UTF-8, or a protocol violation.
+                    Err(actix_ws::ProtocolError::Overflow) => break End::Close(CloseCode::Size, "frame too large"),
+                    Err(_) => break End::Close(CloseCode::Protocol, "protocol error"),
+                };
+                if let Err(wait) = bucket.try_take(Instant::now()) {
+                    violations += 1;
+                    if violations > MAX_RATE_VIOLATIONS { break End::Close(CloseCode::Policy, "too many frames") }
+                    let message = format!("too many frames; retry in {} ms", wait.as_millis().max(1));
+                    if writer.error("rate_limited", &message).await.is_err() { break End::Drop }
+                    continue;
+                }
+                violations = 0;
+                let frame = match parse_client_frame(&text, limits.ws_max_frame_bytes) {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        if writer.error(e.code(), &e.message()).await.is_err() { break End::Drop }
+                        continue;
+                    }
+                };
+                let outcome = match frame {
+                    ClientFrame::Ping => writer.frame(&SessionFrame::Pong).await,
+                    // Clients may always lead with `auth`; once authenticated it changes nothing.
+                    ClientFrame::Auth { .. } => Ok(()),
+                    ClientFrame::Resume { after_seq } => match link.subscribe(Some(after_seq)).await {
+                        Ok((receiver, _)) => { events = Some(receiver); Ok(()) }
+                        Err(e) => writer.api_error(&e).await,
+                    },
+                    ClientFrame::UserMessage { client_id, content } => {
+                        if content.len() > limits.max_message_bytes {
+                            let message = format!("messages are limited to {} bytes", limits.max_message_bytes);
+                            writer.error("message_too_large", &message).await
+                        } else if content.trim().is_empty() {
+                            writer.error("invalid_frame", "content must not be empty").await
+                        } else {
+                            if events.is_none() {
+                                // Watch the conversation from now on so the reply reaches us.
+                                match link.subscribe(None).await {
+                                    Ok((receiver, _)) => events = Some(receiver),
+                                    Err(e) => { if writer.api_error(&e).await.is_err() { break End::Drop } continue; }
+                                }
+                            }
+                            // The ack arrives through the subscription, after the durable write.
+                            match link.post(client_id, content).await {
+                                Ok(_) => Ok(()),
+                                Err(e) => writer.api_error(&e).await,
+                            }
+                        }
+                    }
+                    ClientFrame::Cancel => { link.cancel(); Ok(()) }
+                };
+                if outcome.is_err() { break End::Drop }
+            }
+            event = next_event(&mut events) => {
+                match event {
+                    Some(event) => {
+                        let json = match serde_json::to_string(&*event) {
+                            Ok(json) => json,
+                            Err(_) => continue,
+                        };
+                        if writer.text(json).await.is_err() { break End::Drop }
+                    }
+                    // The actor dropped us for falling behind (or stopped): tell the client to
+                    // reconnect and resume from its last seq.
+                    None => break End::Close(CloseCode::Again, "fell behind; reconnect and resume"),
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_seen.elapsed() > client_timeout { break End::Close(CloseCode::Away, "heartbeat timeout") }
+                if writer.ping().await.is_err() { break End::Drop }
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break End::Close(CloseCode::Restart, "server restarting; reconnect and resume");
+                }
+            }
+        }
+    };
+    link.unsubscribe();
+    match end {
+        End::ClientClosed => {
+            let _ = tokio::time::timeout(write_timeout, session.close(None)).await;
+        }
+        End::Close(code, description) => {
+            let reason = CloseReason { code, description: Some(description.to_owned()) };
+            let _ = tokio::time::timeout(write_timeout, session.close(Some(reason))).await;
+        }
+        // Dropping the session ends the response stream; actix-http closes the connection.
+        End::Drop => drop(session),
+    }
+}
+
+/// The next conversation event, or never while not subscribed.
+async fn next_event(
+    events: &mut Option<mpsc::Receiver<Arc<ConversationEvent>>>,
+) -> Option<Arc<ConversationEvent>> {
+    match events {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes with a deadline: a client that does not read cannot hold the session forever.
+struct Writer {
+    session: Session,
+    timeout: Duration,
+}
+
+struct WriteFailed;
+
+impl Writer {
+    async fn text(&mut self, text: String) -> Result<(), WriteFailed> {
+        match tokio::time::timeout(self.timeout, self.session.text(text)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WriteFailed),
+        }
+    }
+
+    async fn frame(&mut self, frame: &SessionFrame<'_>) -> Result<(), WriteFailed> {
+        self.text(frame.to_json()).await
+    }
+
+    async fn error(&mut self, code: &str, message: &str) -> Result<(), WriteFailed> {
+        self.frame(&SessionFrame::Error { code, message }).await
+    }
+
+    async fn api_error(&mut self, error: &ApiError) -> Result<(), WriteFailed> {
+        self.error(error.code(), error.message()).await
+    }
+
+    async fn ping(&mut self) -> Result<(), WriteFailed> {
+        match tokio::time::timeout(self.timeout, self.session.ping(b"")).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WriteFailed),
+        }
+    }
+
+    async fn pong(&mut self, bytes: &[u8]) -> Result<(), WriteFailed> {
+        match tokio::time::timeout(self.timeout, self.session.pong(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WriteFailed),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Building and running the engine: the actor tree first, then actix-web on top of it.
+//!
+//! Shutdown (SIGTERM or Ctrl-C), in phases:
+//! 1. stop accepting connections and report not-ready, so the load balancer moves new
+//!    clients to other nodes;
+//! 2. let turns in flight finish, up to `server.shutdown_grace_secs`;
+//! 3. close every WebSocket with code 1012 (service restart), which tells clients to
+//!    reconnect — to another node — and resume;
+//! 4. stop the HTTP server and the actor system, flushing logs on the way out.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpServer, web};
+use actors::registry::Registry;
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::tree::Tree;
+
+/// Everything a handler may reach, shared by all workers.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    pub tree: Tree,
+    shutting_down: AtomicBool,
+    /// Flipped once when WebSocket sessions must close with 1012.
+    close_sessions: watch::Sender<bool>,
+}
+
+impl AppState {
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// A receiver each WebSocket session watches for the shutdown signal.
+    pub fn session_shutdown(&self) -> watch::Receiver<bool> {
+        self.close_sessions.subscribe()
+    }
+}
+
+/// A running engine.
+pub struct Engine {
+    addr: SocketAddr,
+    state: web::Data<AppState>,
+    handle: ServerHandle,
+    server: actix_web::dev::Server,
+}
+
+impl Engine {
+    /// Builds the tree and binds the listener. Must run inside an actix `System`.
+    pub async fn start(config: Config) -> anyhow::Result<Engine> {
+        let config = Arc::new(config);
+        let registry = Registry::new();
+        let tree =
+            Tree::start(&config, registry.clone()).context("failed to start the actor tree")?;
+        let (close_sessions, _) = watch::channel(false);
+        let state = web::Data::new(AppState {
+            config: config.clone(),
+            registry,
+            tree,
+            shutting_down: AtomicBool::new(false),
+            close_sessions,
+        });
+
+        let listener = TcpListener::bind(config.server.listen)
+            .with_context(|| format!("failed to listen on {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        let limits = config.limits.clone();
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(web::JsonConfig::default().limit(limits.max_body_bytes).error_handler(
+                    |err, _| {
+                        ApiError::bad_request("invalid_json", format!("invalid JSON body: {err}"))
+                            .into()
+                    },
+                ))
+                .app_data(web::PayloadConfig::default().limit(limits.max_body_bytes))
+                .configure(crate::http::routes)
+        })
+        // Nagle's algorithm holds small frames (one token each) back for up to 40 ms.
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
+        .disable_signals()
+        .shutdown_timeout(5)
+        .backlog(4096)
+        .max_connections(25_000)
+        .listen(listener)?;
+        if config.server.workers > 0 {
+            server = server.workers(config.server.workers);
+        }
+        let server = server.run();
+        Ok(Engine { addr, state, handle: server.handle(), server })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until the server stops (after [`Engine::shutdown`] or a fatal error).
+    pub async fn run(self) -> anyhow::Result<()> {
+        self.server.await.context("the HTTP server failed")
+    }
+
+    /// The phased shutdown described at the top of this module.
+    pub async fn shutdown(state: web::Data<AppState>, handle: ServerHandle) {
+        state.shutting_down.store(true, Ordering::Relaxed);
+        handle.pause().await;
+        let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
+        let deadline = Instant::now() + grace;
+        while state.tree.turns_in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = state.close_sessions.send(true);
+        // Give sessions a moment to send their close frames.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        handle.stop(true).await;
+    }
+}
+
+/// `switchyard serve`: runs until SIGTERM or Ctrl-C, then shuts down in phases.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let engine = Engine::start(config).await?;
+    let url = format!("http://{}", engine.addr());
+    tracing::info!(%url, "Switchyard is listening");
+    println!("Switchyard is listening on {url}");
+    let (state, handle) = (engine.state(), engine.handle());
+    actix_rt::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: draining turns");
+        Engine::shutdown(state, handle).await;
+    });
+    engine.run().await?;
+    actix_rt::System::current().stop();
+    tracing::info!("Switchyard stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A human summary of the configuration, for `switchyard check-config`. Never prints secrets.
+pub fn describe(config: &Config) -> String {
+    let mut out = format!("configuration OK\nlisten: {}\n", config.server.listen);
+    out.push_str(&format!("default model: {}\nmodels:\n", config.default_model()));
+    for model in &config.models {
+        let fallbacks = if model.fallbacks.is_empty() {
+            String::from("none")
+        } else {
+            model.fallbacks.join(" → ")
+        };
+        out.push_str(&format!(
+            "  {} ({:?} {}), fallbacks: {}\n",
+            model.name, model.endpoint.provider, model.endpoint.upstream_model, fallbacks
+        ));
+    }
+    for (alias, chain) in &config.routing.aliases {
+        out.push_str(&format!("alias {alias}: {}\n", chain.join(" → ")));
+    }
+    out.push_str(&format!(
+        "state: {}\n",
+        if config.database.is_some() { "PostgreSQL" } else { "in memory (nothing persists)" }
+    ));
+    out
+}
