@@ -9,5 +9,10 @@
 //! the provider side; [`registry`] is what the admin endpoint inspects.
 
 pub mod ports;
+pub mod provider;
 pub mod registry;
+pub mod retries;
+pub mod router;
+pub mod supervisor;
+pub mod testing;
 pub mod turn;
