@@ -8,11 +8,15 @@
 //! with in-memory fakes. [`turn`] is the seam between the conversation side of the tree and
 //! the provider side; [`registry`] is what the admin endpoint inspects.
 
+pub mod conversation;
+pub mod events;
 pub mod ports;
 pub mod provider;
 pub mod registry;
 pub mod retries;
 pub mod router;
+pub mod store_memory;
 pub mod supervisor;
+pub mod tenant;
 pub mod testing;
 pub mod turn;

@@ -5,3 +5,4 @@
 //! fakes, so the whole tree can be exercised without a network.
 
 pub mod llm;
+pub mod store;

@@ -1,0 +1,842 @@
+//! `ConversationActor`: one live conversation, and the messages it handles.
+//!
+//! * **Ordered turns.** One generation at a time. A user message is written to the store
+//!   *before* it is acknowledged (the write runs under `ctx.wait`, so nothing else — no
+//!   delta, no other post — can take a seq meanwhile and a failed write leaves no gap), then
+//!   queued; the queue feeds turns in order.
+//! * **Seq.** Every broadcast event takes the next seq; the store persists enough to replay
+//!   them exactly (see [`crate::ports::store`]), so a rebuilt actor continues from the
+//!   stored last seq.
+//! * **Subscribers** get a bounded channel of `Arc<ConversationEvent>` fed with `try_send`;
+//!   a full one is dropped so a slow client never slows the others (it resumes later).
+//! * **Resume.** `Subscribe { after_seq }` replays from the [`ReplayBuffer`] when it still
+//!   covers `after_seq`, otherwise from the store plus the buffer, then goes live. The actor
+//!   is single-threaded, so "replay then live" is atomic: no event is emitted between the
+//!   replay being assembled and the subscriber joining.
+//! * **Persistence** of replies is batched: a checkpoint every `checkpoint_interval` or
+//!   `checkpoint_bytes`, never per token, written one at a time in order by a small queue
+//!   that retries with backoff.
+//! * **Cancel** drops the turn stream (which cancels upstream) and ends the turn with an
+//!   `error` event, code `cancelled`.
+//! * **Idle shutdown**: with no subscriber, no turn, nothing queued or unsaved, for
+//!   `idle_timeout`, the actor stops and tells its tenant; the next open rebuilds it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use actix::prelude::*;
+use futures_util::{StreamExt, stream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::history::HistoryWindow;
+use super::replay::ReplayBuffer;
+use super::{ConversationDeps, ConversationError, ConversationHandle};
+use crate::events::{CacheStatus, ConversationEvent};
+use crate::ports::llm::{ChatMessage, GenerationRequest};
+use crate::ports::store::{
+    AssistantOutcome, AssistantProgress, Conversation, MessageStatus, NewUserMessage, StoreError,
+    StoredError, StoredMessage, StreamChunk, StreamSwitch, SwitchKind,
+};
+use crate::registry::{ActorKind, ActorState, Registration};
+use crate::tenant::gate::{TenantGate, TurnPermit};
+use crate::turn::{TurnError, TurnEvent, TurnRequest, TurnSummary};
+
+/// Tells the tenant that a conversation actor stopped, so it forgets that instance.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConversationStopped {
+    pub conversation_id: String,
+    pub instance: u64,
+}
+
+/// Subscribe to the conversation's events: `after_seq: None` for live events only,
+/// `Some(n)` for every event with `seq > n`, then live.
+#[derive(Message)]
+#[rtype(result = "Result<Subscription, ConversationError>")]
+pub struct Subscribe {
+    pub after_seq: Option<u64>,
+}
+
+/// A subscriber's end. The channel closes when the subscriber fell `subscriber_buffer`
+/// events behind or the actor stopped: resubscribe with the last seq received.
+#[derive(Debug)]
+pub struct Subscription {
+    pub id: u64,
+    pub receiver: mpsc::Receiver<Arc<ConversationEvent>>,
+    /// The subscription delivers every event with a greater seq.
+    pub last_seq: u64,
+}
+
+/// Stop delivering to a subscriber (dropping the receiver does the same, lazily).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub subscriber_id: u64,
+}
+
+/// A user message for the conversation.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Posted, ConversationError>")]
+pub struct PostUserMessage {
+    pub user_id: String,
+    /// The client's own id for the message, echoed in the `ack`.
+    pub client_id: Option<String>,
+    pub content: String,
+}
+
+/// A user message durably stored and acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    pub message_id: String,
+    /// Seq of its `ack`.
+    pub seq: u64,
+}
+
+/// Cancel the running turn; answers whether one was running.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Cancel;
+
+/// A distinct id per actor instance, so a tenant ignores a stale instance's stop notice.
+static INSTANCES: AtomicU64 = AtomicU64::new(1);
+
+/// The state the tenant hands a new actor, loaded (and recovered) from the store.
+pub(crate) struct Recovered {
+    pub conversation: Conversation,
+    pub messages: Vec<StoredMessage>,
+}
+
+/// Loads a conversation for its actor. A reply left `streaming` (its actor died mid-turn) is
+/// closed as interrupted with the next seq, so its `interrupted` event is in the store before
+/// the actor starts. User messages queued behind it are not re-run.
+pub(crate) async fn recover(
+    deps: &ConversationDeps,
+    tenant_id: &str,
+    conversation_id: &str,
+) -> Result<Recovered, ConversationError> {
+    let store = &deps.store;
+    let loaded = store.load(tenant_id, conversation_id, deps.config.load_messages).await?;
+    let mut conversation = loaded.conversation;
+    let mut messages = loaded.messages;
+    for message in messages.iter_mut().filter(|m| m.status == MessageStatus::Streaming) {
+        let seq = conversation.last_seq + 1;
+        store.mark_interrupted(tenant_id, conversation_id, &message.id, seq).await?;
+        tracing::info!(conversation_id, message_id = %message.id, seq, "closed an interrupted reply");
+        message.status = MessageStatus::Interrupted;
+        message.last_seq = seq;
+        conversation.last_seq = seq;
+    }
+    Ok(Recovered { conversation, messages })
+}
+
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Arc<ConversationEvent>>,
+}
+
+/// An acknowledged user message waiting for its turn.
+struct QueuedTurn {
+    message_id: String,
+    content: String,
+}
+
+/// One item of the running turn's stream, tagged so a late item of an ended turn is ignored.
+/// `None` marks the end of the stream.
+struct TurnItem {
+    turn: u64,
+    item: Option<Result<TurnEvent, TurnError>>,
+}
+
+/// The turn being generated.
+struct RunningTurn {
+    turn: u64,
+    stream: SpawnHandle,
+    /// The deadline timer, cancelled when the turn ends so timers never pile up.
+    backstop: SpawnHandle,
+    message_id: String,
+    reply_to: String,
+    /// Seq of the reply's first event, once it has one.
+    first_seq: Option<u64>,
+    /// Seq of its latest event.
+    last_seq: u64,
+    /// Bytes streamed so far (retracted text included): the offset base of `delta_ends`.
+    streamed: u32,
+    deltas: u32,
+    /// What the user currently sees of the reply (reset by a retraction), for the history.
+    visible: String,
+    /// Not yet handed to the writer; `unsaved_from` is the seq of its first event.
+    unsaved: StreamChunk,
+    unsaved_from: Option<u64>,
+    last_checkpoint: Instant,
+}
+
+/// How a turn ended.
+enum Ending {
+    Completed(TurnSummary),
+    Failed { code: String, message: String },
+    Cancelled,
+}
+
+/// A reply write, in order. `from_seq` is the seq of its first event not yet persisted.
+struct PendingWrite {
+    from_seq: u64,
+    progress: AssistantProgress,
+    outcome: Option<AssistantOutcome>,
+}
+
+/// Reply writes, one in flight at a time so they land in order.
+#[derive(Default)]
+struct WriteQueue {
+    queue: VecDeque<PendingWrite>,
+    in_flight: bool,
+    failures: u32,
+}
+
+impl WriteQueue {
+    /// Queues a write, merging it into a queued (not in-flight) write of the same message.
+    fn push(&mut self, write: PendingWrite) {
+        let mergeable = self.queue.len() > usize::from(self.in_flight);
+        if let Some(back) = self.queue.back_mut().filter(|b| {
+            mergeable && b.outcome.is_none() && b.progress.message_id == write.progress.message_id
+        }) {
+            back.progress.last_seq = write.progress.last_seq;
+            back.progress.chunk.append(write.progress.chunk);
+            back.outcome = write.outcome;
+        } else {
+            self.queue.push_back(write);
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty() && !self.in_flight
+    }
+
+    /// The lowest seq not yet persisted among queued writes.
+    fn floor(&self) -> Option<u64> {
+        self.queue.iter().map(|w| w.from_seq).min()
+    }
+}
+
+pub struct ConversationActor {
+    deps: Arc<ConversationDeps>,
+    tenant_id: String,
+    conversation: Conversation,
+    instance: u64,
+    gate: Arc<TenantGate>,
+    tenant: Option<Recipient<ConversationStopped>>,
+    registration: Option<Registration>,
+    last_seq: u64,
+    history: HistoryWindow,
+    replay: ReplayBuffer,
+    subscribers: Vec<Subscriber>,
+    next_subscriber: u64,
+    /// Store-backed resumes in progress: (id, after_seq); the buffer keeps what they need.
+    replay_pins: Vec<(u64, u64)>,
+    pending: VecDeque<QueuedTurn>,
+    current: Option<RunningTurn>,
+    next_turn: u64,
+    /// Held from the first queued message until the conversation is idle again.
+    permit: Option<TurnPermit>,
+    writes: WriteQueue,
+    last_active: Instant,
+}
+
+impl ConversationActor {
+    /// Starts the actor for a recovered conversation and returns its handle. It registers
+    /// as `conversation:<id>` (parent `tenant:<tenant_id>`) before starting, so the handle
+    /// can do admission control on its registry entry from the first call.
+    pub(crate) fn launch(
+        deps: Arc<ConversationDeps>,
+        tenant_id: &str,
+        recovered: Recovered,
+        gate: Arc<TenantGate>,
+        tenant: Option<Recipient<ConversationStopped>>,
+    ) -> (ConversationHandle, u64) {
+        let Recovered { conversation, messages } = recovered;
+        let config = &deps.config;
+        let registration = deps.registry.register(
+            ActorKind::Conversation,
+            format!("conversation:{}", conversation.id),
+            Some(&format!("tenant:{tenant_id}")),
+        );
+        registration.set_state(ActorState::Idle);
+        let entry = registration.entry().clone();
+        let history = HistoryWindow::from_stored(
+            &messages,
+            config.history_max_messages,
+            config.history_max_chars,
+        );
+        let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        let mailbox_capacity = config.mailbox_capacity;
+        let conversation_id = conversation.id.clone();
+        let owner_id = conversation.owner_id.clone();
+        let actor = ConversationActor {
+            replay: ReplayBuffer::new(config.replay_buffer),
+            last_seq: conversation.last_seq,
+            deps: deps.clone(),
+            tenant_id: tenant_id.to_owned(),
+            conversation,
+            instance,
+            gate,
+            tenant,
+            registration: Some(registration),
+            history,
+            subscribers: Vec::new(),
+            next_subscriber: 1,
+            replay_pins: Vec::new(),
+            pending: VecDeque::new(),
+            current: None,
+            next_turn: 1,
+            permit: None,
+            writes: WriteQueue::default(),
+            last_active: Instant::now(),
+        };
+        let addr = actor.start();
+        let handle =
+            ConversationHandle::new(addr, entry, mailbox_capacity, &conversation_id, &owner_id);
+        (handle, instance)
+    }
+
+    /// A message sent through a [`ConversationHandle`] left the mailbox.
+    fn dequeued(&mut self) {
+        if let Some(r) = &self.registration {
+            r.add_mailbox_depth(-1);
+        }
+        self.last_active = Instant::now();
+    }
+
+    /// Sends an event to every subscriber and keeps it for resumes.
+    fn broadcast(&mut self, event: ConversationEvent) {
+        let event = Arc::new(event);
+        self.replay.push(event.clone());
+        self.subscribers.retain(|s| match s.tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!(subscriber = s.id, "dropping a subscriber that fell behind");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        self.evict();
+    }
+
+    /// Trims the replay buffer, keeping unsaved events and those a pending resume needs.
+    fn evict(&mut self) {
+        let unsaved = self.current.as_ref().and_then(|t| t.unsaved_from);
+        let pinned = self.replay_pins.iter().map(|(_, after)| after + 1).min();
+        let floor =
+            [unsaved, self.writes.floor(), pinned].into_iter().flatten().min().unwrap_or(u64::MAX);
+        self.replay.evict(floor);
+    }
+
+    /// Registers a subscriber that first receives `replay`.
+    fn attach(&mut self, replay: Vec<Arc<ConversationEvent>>, after_seq: u64) -> Subscription {
+        let (tx, receiver) =
+            mpsc::channel(self.deps.config.subscriber_buffer.max(1) + replay.len());
+        for event in replay {
+            // Cannot fail: the channel was sized for the replay.
+            let _ = tx.try_send(event);
+        }
+        let id = self.next_subscriber;
+        self.next_subscriber += 1;
+        self.subscribers.push(Subscriber { id, tx });
+        Subscription { id, receiver, last_seq: after_seq }
+    }
+
+    /// The seq of a reply's next event.
+    fn turn_seq(&mut self) -> Option<u64> {
+        let seq = self.last_seq + 1;
+        let turn = self.current.as_mut()?;
+        self.last_seq = seq;
+        turn.first_seq.get_or_insert(seq);
+        turn.unsaved_from.get_or_insert(seq);
+        turn.last_seq = seq;
+        Some(seq)
+    }
+
+    fn set_busy(&self, busy: bool) {
+        if let Some(r) = &self.registration {
+            r.set_state(if busy { ActorState::Running } else { ActorState::Idle });
+            r.set_in_flight(u64::from(busy));
+        }
+    }
+
+    /// Starts the next queued turn if none is running; releases the tenant slot when idle.
+    fn maybe_start_turn(&mut self, ctx: &mut Context<Self>) {
+        if self.current.is_some() {
+            return;
+        }
+        let Some(next) = self.pending.pop_front() else {
+            self.permit = None;
+            self.set_busy(false);
+            return;
+        };
+        let config = &self.deps.config;
+        self.history.push(ChatMessage::user(next.content));
+        let settings = &self.conversation.settings;
+        let request = TurnRequest {
+            tenant_id: self.tenant_id.clone(),
+            conversation_id: self.conversation.id.clone(),
+            model: settings.model.clone(),
+            request: GenerationRequest {
+                system: settings.system_prompt.clone(),
+                messages: self.history.to_vec(),
+                temperature: settings.temperature,
+                max_tokens: config.max_tokens,
+                stop: Vec::new(),
+            },
+            deadline: tokio::time::Instant::now() + config.turn_timeout,
+            continuation: config.continuation,
+        };
+        let turn = self.next_turn;
+        self.next_turn += 1;
+        let items = self
+            .deps
+            .runner
+            .run_turn(request)
+            .map(move |item| TurnItem { turn, item: Some(item) })
+            .chain(stream::once(async move { TurnItem { turn, item: None } }));
+        let stream = ctx.add_stream(items);
+        // The runner owns the deadline; this is the backstop if it never ends the stream.
+        let backstop =
+            ctx.run_later(config.turn_timeout + config.turn_timeout / 10, move |act, ctx| {
+                if act.current.as_ref().is_some_and(|t| t.turn == turn) {
+                    let e = TurnError::DeadlineExceeded;
+                    act.end_turn(
+                        ctx,
+                        Ending::Failed { code: e.code().into(), message: e.to_string() },
+                    );
+                }
+            });
+        self.current = Some(RunningTurn {
+            turn,
+            stream,
+            backstop,
+            message_id: uuid::Uuid::now_v7().to_string(),
+            reply_to: next.message_id,
+            first_seq: None,
+            last_seq: 0,
+            streamed: 0,
+            deltas: 0,
+            visible: String::new(),
+            unsaved: StreamChunk::default(),
+            unsaved_from: None,
+            last_checkpoint: Instant::now(),
+        });
+        self.set_busy(true);
+    }
+
+    /// A delta, failover or retraction of the running turn.
+    fn on_stream_event(&mut self, ctx: &mut Context<Self>, event: TurnEvent) {
+        let Some(seq) = self.turn_seq() else { return };
+        let Some(turn) = self.current.as_mut() else { return };
+        let event = match event {
+            TurnEvent::Delta(text) => {
+                turn.streamed = turn.streamed.saturating_add(text.len() as u32);
+                turn.deltas += 1;
+                turn.unsaved.text.push_str(&text);
+                turn.unsaved.delta_ends.push(turn.streamed);
+                turn.visible.push_str(&text);
+                ConversationEvent::Delta { seq, text }
+            }
+            TurnEvent::Failover { from, to, reason } => {
+                let kind = SwitchKind::Failover {
+                    from: from.clone(),
+                    to: to.clone(),
+                    reason: reason.to_owned(),
+                };
+                turn.unsaved.switches.push(StreamSwitch { before_delta: turn.deltas, kind });
+                ConversationEvent::Failover { seq, from, to, reason: reason.to_owned() }
+            }
+            TurnEvent::Retract { from } => {
+                let kind = SwitchKind::Retract { from: from.clone() };
+                turn.unsaved.switches.push(StreamSwitch { before_delta: turn.deltas, kind });
+                turn.visible.clear();
+                ConversationEvent::Retract { seq, from }
+            }
+            TurnEvent::Finished(_) => return,
+        };
+        let config = &self.deps.config;
+        let due = turn.unsaved.text.len() >= config.checkpoint_bytes
+            || turn.last_checkpoint.elapsed() >= config.checkpoint_interval;
+        if due {
+            self.checkpoint(ctx);
+        }
+        self.broadcast(event);
+    }
+
+    /// Hands the running reply's unsaved part to the writer.
+    fn checkpoint(&mut self, ctx: &mut Context<Self>) {
+        let Some(turn) = self.current.as_mut() else { return };
+        let (Some(from_seq), Some(first_seq)) = (turn.unsaved_from.take(), turn.first_seq) else {
+            return;
+        };
+        turn.last_checkpoint = Instant::now();
+        let progress = AssistantProgress {
+            message_id: turn.message_id.clone(),
+            reply_to: turn.reply_to.clone(),
+            requested_model: self.conversation.settings.model.clone(),
+            first_seq,
+            last_seq: turn.last_seq,
+            chunk: std::mem::take(&mut turn.unsaved),
+        };
+        self.writes.push(PendingWrite { from_seq, progress, outcome: None });
+        self.pump_writes(ctx);
+    }
+
+    /// Ends the running turn with exactly one terminal event, then starts the next.
+    fn end_turn(&mut self, ctx: &mut Context<Self>, ending: Ending) {
+        let Some(seq) = self.turn_seq() else { return };
+        let Some(mut turn) = self.current.take() else { return };
+        // Dropping the stream is what cancels the upstream request.
+        ctx.cancel_future(turn.stream);
+        ctx.cancel_future(turn.backstop);
+        let message_id = turn.message_id.clone();
+        let reply_to = turn.reply_to.clone();
+        let (event, outcome) = match ending {
+            Ending::Completed(summary) => {
+                self.deps.policy.turn_finished(
+                    &self.tenant_id,
+                    &self.conversation.id,
+                    &summary.usage,
+                );
+                let outcome = AssistantOutcome {
+                    status: MessageStatus::Complete,
+                    model: Some(summary.model.clone()),
+                    usage: Some(summary.usage),
+                    finish_reason: Some(summary.finish_reason),
+                    error: None,
+                    cost_micros: None,
+                    cache: CacheStatus::Miss,
+                };
+                let event = ConversationEvent::Done {
+                    seq,
+                    message_id,
+                    reply_to,
+                    model: summary.model,
+                    usage: summary.usage,
+                    finish_reason: summary.finish_reason,
+                    cost_micros: None,
+                    cache: CacheStatus::Miss,
+                };
+                (event, outcome)
+            }
+            Ending::Failed { code, message } => failure(
+                seq,
+                message_id,
+                reply_to,
+                MessageStatus::Failed,
+                StoredError { code, message },
+            ),
+            Ending::Cancelled => {
+                let e = TurnError::Cancelled;
+                let error = StoredError { code: e.code().into(), message: e.to_string() };
+                failure(seq, message_id, reply_to, MessageStatus::Cancelled, error)
+            }
+        };
+        let progress = AssistantProgress {
+            message_id: turn.message_id,
+            reply_to: turn.reply_to,
+            requested_model: self.conversation.settings.model.clone(),
+            first_seq: turn.first_seq.unwrap_or(seq),
+            last_seq: seq,
+            chunk: std::mem::take(&mut turn.unsaved),
+        };
+        let from_seq = turn.unsaved_from.unwrap_or(seq);
+        self.writes.push(PendingWrite { from_seq, progress, outcome: Some(outcome) });
+        self.pump_writes(ctx);
+        if !turn.visible.is_empty() {
+            self.history.push(ChatMessage::assistant(turn.visible));
+        }
+        self.last_active = Instant::now();
+        self.broadcast(event);
+        self.maybe_start_turn(ctx);
+    }
+
+    /// Sends the oldest queued reply write if none is in flight; retries with backoff.
+    fn pump_writes(&mut self, ctx: &mut Context<Self>) {
+        if self.writes.in_flight {
+            return;
+        }
+        let Some(write) = self.writes.queue.front() else { return };
+        self.writes.in_flight = true;
+        let store = &self.deps.store;
+        let (tenant, id) = (&self.tenant_id, &self.conversation.id);
+        let future = match &write.outcome {
+            None => store.checkpoint_assistant(tenant, id, write.progress.clone()),
+            Some(outcome) => {
+                store.finish_assistant(tenant, id, write.progress.clone(), outcome.clone())
+            }
+        };
+        ctx.spawn(future.into_actor(self).map(|result, act, ctx| {
+            act.writes.in_flight = false;
+            match result {
+                Ok(()) => {
+                    act.writes.failures = 0;
+                    act.writes.queue.pop_front();
+                    act.evict();
+                    act.pump_writes(ctx);
+                }
+                Err(e) => act.write_failed(ctx, e),
+            }
+        }));
+    }
+
+    fn write_failed(&mut self, ctx: &mut Context<Self>, error: StoreError) {
+        self.writes.failures += 1;
+        let config = &self.deps.config;
+        if self.writes.failures >= config.write_attempts {
+            // Giving up loses this part of the reply from the store (live subscribers had
+            // it); keeping it forever would pin memory and the actor. Loudly logged.
+            tracing::error!(
+                conversation_id = %self.conversation.id, %error,
+                "dropping a reply write after repeated store failures"
+            );
+            self.writes.failures = 0;
+            self.writes.queue.pop_front();
+            self.evict();
+            self.pump_writes(ctx);
+            return;
+        }
+        tracing::warn!(conversation_id = %self.conversation.id, %error, "reply write failed; retrying");
+        let backoff = config.write_retry_backoff * 2u32.pow(self.writes.failures - 1);
+        ctx.run_later(backoff, |act, ctx| act.pump_writes(ctx));
+    }
+
+    fn check_idle(&mut self, ctx: &mut Context<Self>) {
+        // A reply that stalled mid-stream still gets its unsaved text checkpointed.
+        let stale = self.current.as_ref().is_some_and(|t| {
+            t.unsaved_from.is_some()
+                && t.last_checkpoint.elapsed() >= self.deps.config.checkpoint_interval
+        });
+        if stale {
+            self.checkpoint(ctx);
+        }
+        self.subscribers.retain(|s| !s.tx.is_closed());
+        if !self.subscribers.is_empty() {
+            self.last_active = Instant::now();
+            return;
+        }
+        let quiet = self.current.is_none()
+            && self.pending.is_empty()
+            && self.writes.is_idle()
+            && self.replay_pins.is_empty();
+        if quiet && self.last_active.elapsed() >= self.deps.config.idle_timeout {
+            tracing::debug!(conversation_id = %self.conversation.id, "stopping idle conversation");
+            ctx.stop();
+        }
+    }
+}
+
+fn failure(
+    seq: u64,
+    message_id: String,
+    reply_to: String,
+    status: MessageStatus,
+    error: StoredError,
+) -> (ConversationEvent, AssistantOutcome) {
+    let event = ConversationEvent::Error {
+        seq: Some(seq),
+        message_id: Some(message_id),
+        reply_to: Some(reply_to),
+        code: error.code.clone(),
+        message: error.message.clone(),
+    };
+    let outcome = AssistantOutcome {
+        status,
+        model: None,
+        usage: None,
+        finish_reason: None,
+        error: Some(error),
+        cost_micros: None,
+        cache: CacheStatus::Miss,
+    };
+    (event, outcome)
+}
+
+impl Actor for ConversationActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.deps.config.mailbox_capacity);
+        ctx.run_interval(self.deps.config.idle_check_interval, |act, ctx| act.check_idle(ctx));
+    }
+
+    fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
+        // Deregister now rather than when the actor is dropped.
+        self.registration = None;
+        if let Some(tenant) = &self.tenant {
+            tenant.do_send(ConversationStopped {
+                conversation_id: self.conversation.id.clone(),
+                instance: self.instance,
+            });
+        }
+        Running::Stop
+    }
+}
+
+impl StreamHandler<TurnItem> for ConversationActor {
+    fn handle(&mut self, item: TurnItem, ctx: &mut Self::Context) {
+        if self.current.as_ref().is_none_or(|t| t.turn != item.turn) {
+            return; // a late item of a turn that already ended
+        }
+        match item.item {
+            Some(Ok(TurnEvent::Finished(summary))) => {
+                self.end_turn(ctx, Ending::Completed(summary))
+            }
+            Some(Ok(event)) => self.on_stream_event(ctx, event),
+            Some(Err(e)) => {
+                self.end_turn(ctx, Ending::Failed { code: e.code().into(), message: e.to_string() })
+            }
+            None => self.end_turn(
+                ctx,
+                Ending::Failed {
+                    code: "stream_broken".into(),
+                    message: "the turn ended without a final record".into(),
+                },
+            ),
+        }
+    }
+
+    /// The default would stop the actor; a turn's stream ending is not the actor's end.
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl Handler<Subscribe> for ConversationActor {
+    type Result = ResponseActFuture<Self, Result<Subscription, ConversationError>>;
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) -> Self::Result {
+        self.dequeued();
+        let Some(after_seq) = msg.after_seq else {
+            let live = self.attach(Vec::new(), self.last_seq);
+            return Box::pin(actix::fut::ready(Ok(live)));
+        };
+        if after_seq > self.last_seq {
+            let e = ConversationError::ResyncRequired { after_seq, last_seq: self.last_seq };
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
+        if self.replay.covers(after_seq, self.last_seq) {
+            let replay = self.replay.after(after_seq).cloned().collect();
+            return Box::pin(actix::fut::ready(Ok(self.attach(replay, after_seq))));
+        }
+        // Older than the buffer: read the store, and pin the buffer meanwhile so that
+        // whatever the store read cannot see (not yet persisted) is still here after it.
+        let pin = self.next_subscriber;
+        self.next_subscriber += 1;
+        self.replay_pins.push((pin, after_seq));
+        let read = self.deps.store.events_after(&self.tenant_id, &self.conversation.id, after_seq);
+        Box::pin(read.into_actor(self).map(move |stored, act, _ctx| {
+            act.replay_pins.retain(|(id, _)| *id != pin);
+            let stored = stored?;
+            let front = act.replay.front_seq(act.last_seq);
+            let mut replay: Vec<Arc<ConversationEvent>> = stored
+                .into_iter()
+                .filter(|e| e.seq().is_some_and(|s| s < front))
+                .map(Arc::new)
+                .collect();
+            replay.extend(act.replay.after(after_seq).cloned());
+            let gap_free = replay.iter().zip(after_seq + 1..).all(|(e, want)| e.seq() == Some(want))
+                && replay.len() as u64 == act.last_seq - after_seq;
+            act.evict();
+            if !gap_free {
+                tracing::warn!(conversation_id = %act.conversation.id, after_seq, "resume would have a gap");
+                return Err(ConversationError::ResyncRequired { after_seq, last_seq: act.last_seq });
+            }
+            Ok(act.attach(replay, after_seq))
+        }))
+    }
+}
+
+impl Handler<Unsubscribe> for ConversationActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) {
+        self.dequeued();
+        self.subscribers.retain(|s| s.id != msg.subscriber_id);
+    }
+}
+
+impl Handler<PostUserMessage> for ConversationActor {
+    type Result = ResponseFuture<Result<Posted, ConversationError>>;
+
+    fn handle(&mut self, msg: PostUserMessage, ctx: &mut Self::Context) -> Self::Result {
+        self.dequeued();
+        let admitted = self.admit();
+        let new_permit = match admitted {
+            Ok(permit) => permit,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let seq = self.last_seq + 1;
+        let write = self.deps.store.append_user_message(
+            &self.tenant_id,
+            &self.conversation.id,
+            NewUserMessage {
+                id: message_id.clone(),
+                client_id: msg.client_id.clone(),
+                user_id: msg.user_id,
+                content: msg.content.clone(),
+                seq,
+            },
+        );
+        let (tx, rx) = oneshot::channel();
+        // `wait`, not `spawn`: until the write is durable nothing else may take a seq, so a
+        // failed write leaves no gap and acks keep the order messages were posted in.
+        ctx.wait(write.into_actor(self).map(move |written, act, ctx| {
+            let result = written.map_err(ConversationError::from).map(|()| {
+                act.last_seq = seq;
+                if let Some(permit) = new_permit {
+                    act.permit = Some(permit);
+                }
+                // An ack inside a streaming reply's seq range: the reply's replay skips it.
+                if let Some(turn) = act.current.as_mut().filter(|t| t.first_seq.is_some()) {
+                    turn.unsaved.foreign_seqs.push(seq);
+                }
+                act.pending
+                    .push_back(QueuedTurn { message_id: message_id.clone(), content: msg.content });
+                act.broadcast(ConversationEvent::Ack {
+                    client_id: msg.client_id,
+                    message_id: message_id.clone(),
+                    seq,
+                });
+                act.maybe_start_turn(ctx);
+                Posted { message_id, seq }
+            });
+            let _ = tx.send(result);
+        }));
+        Box::pin(async move { rx.await.unwrap_or(Err(ConversationError::Stopped)) })
+    }
+}
+
+impl ConversationActor {
+    /// Whether another user message may be accepted; takes a tenant slot if the
+    /// conversation is idle (a busy one already holds one for its whole queue).
+    fn admit(&mut self) -> Result<Option<TurnPermit>, ConversationError> {
+        if self.pending.len() >= self.deps.config.max_pending_messages {
+            return Err(ConversationError::Overloaded);
+        }
+        let policy = &self.deps.policy;
+        policy
+            .admit(&self.tenant_id, &self.conversation.id)
+            .map_err(|r| ConversationError::Refused { code: r.code, message: r.message })?;
+        if self.permit.is_some() {
+            return Ok(None);
+        }
+        self.gate.try_acquire().map(Some)
+    }
+}
+
+impl Handler<Cancel> for ConversationActor {
+    type Result = bool;
+
+    fn handle(&mut self, _msg: Cancel, ctx: &mut Self::Context) -> bool {
+        self.dequeued();
+        if self.current.is_none() {
+            return false;
+        }
+        self.end_turn(ctx, Ending::Cancelled);
+        true
+    }
+}

@@ -1,0 +1,421 @@
+//! The conversation side of the tree: one [`ConversationActor`] per live conversation.
+//!
+//! ## How the pieces connect
+//!
+//! ```text
+//! Conversations (directory, tenant/) ─ get-or-start ─▶ TenantActor ─ open ─▶ ConversationActor
+//!        ▲                                             (turn gate)            │  ▲
+//!   engine edges ◀── ConversationHandle ──────────────────────────────────────┘  │
+//!                    subscribe / post / cancel / complete           TurnRunner ──┘ (router)
+//!                                                                   ConversationStore (port)
+//! ```
+//!
+//! * [`actor`]: the actor and its messages ([`Subscribe`], [`Unsubscribe`],
+//!   [`PostUserMessage`], [`Cancel`]); ordered turns, seq numbering, subscribers, batched
+//!   persistence, idle shutdown.
+//! * [`history`]: the bounded window of messages sent to the model.
+//! * [`replay`]: recent events kept for resumes.
+//! * [`ConversationHandle`] (here): what the engine holds: admission control in front of the
+//!   actor's bounded mailbox plus typed calls, including [`ConversationHandle::complete`]
+//!   for non-streaming REST.
+//!
+//! ## Public API for the engine's edges
+//!
+//! 1. `Conversations::open(tenant_id, conversation_id).await -> Result<ConversationHandle,
+//!    ConversationError>` (in [`crate::tenant`]) — `NotFound` for another tenant's id.
+//! 2. `handle.subscribe(after_seq).await -> Result<Subscription, _>`: `None` = live only;
+//!    `Some(n)` = every event with `seq > n` (from memory or the store) then live, no gap, no
+//!    duplicate. Read `subscription.receiver`; when it closes (the subscriber fell too far
+//!    behind, or the actor stopped) resubscribe with the last seq seen.
+//! 3. `handle.post(PostUserMessage { user_id, client_id, content }).await -> Result<Posted
+//!    { message_id, seq }, _>`: returns once the message is durable; the `ack` event is
+//!    broadcast to subscribers too.
+//! 4. `handle.cancel().await`: cancels the running turn. A cancelled turn ends with an
+//!    `error` event, `code: "cancelled"` (and its partial text is stored with status
+//!    `cancelled`), so every turn ends with exactly one `done` or `error`.
+//! 5. `handle.complete(PostUserMessage).await -> Result<CompletedTurn, _>`: posts and waits
+//!    for the whole reply.
+//!
+//! Errors map to wire codes with [`ConversationError::code`] and to a seq-less `error` event
+//! with [`ConversationError::to_event`].
+
+pub mod actor;
+pub mod history;
+pub mod replay;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Addr, MailboxError};
+
+use crate::events::ConversationEvent;
+use crate::ports::llm::{FinishReason, Usage};
+use crate::ports::store::{ConversationStore, StoreError};
+use crate::registry::{ActorEntry, Registry};
+use crate::turn::{ContinuationMode, TurnRunner};
+
+pub use actor::{
+    Cancel, ConversationActor, PostUserMessage, Posted, Subscribe, Subscription, Unsubscribe,
+};
+
+/// Tuning for conversation actors. Defaults suit production; tests shrink the timers.
+#[derive(Debug, Clone)]
+pub struct ConversationConfig {
+    /// History window sent to the model: at most this many messages…
+    pub history_max_messages: usize,
+    /// …and about this many characters (the newest message always goes).
+    pub history_max_chars: usize,
+    /// How many recent messages a rebuilt actor loads to fill its window.
+    pub load_messages: usize,
+    /// Events kept in memory for resumes (more while some are not yet persisted).
+    pub replay_buffer: usize,
+    /// Per-subscriber channel capacity; a subscriber this far behind is dropped.
+    pub subscriber_buffer: usize,
+    /// Acknowledged user messages waiting for their turn; beyond it posts are refused
+    /// (`overloaded`).
+    pub max_pending_messages: usize,
+    /// Actor mailbox capacity; a handle refuses calls at once (`overloaded`) beyond it.
+    pub mailbox_capacity: usize,
+    /// Stop after this long with no subscriber, no turn and nothing queued.
+    pub idle_timeout: Duration,
+    pub idle_check_interval: Duration,
+    /// Persist a streaming reply at least this often…
+    pub checkpoint_interval: Duration,
+    /// …or once this many bytes are unsaved.
+    pub checkpoint_bytes: usize,
+    /// Deadline handed to the runner; the actor itself gives up a little later.
+    pub turn_timeout: Duration,
+    pub max_tokens: Option<u32>,
+    pub continuation: ContinuationMode,
+    /// Attempts for an assistant write before it is logged and dropped.
+    pub write_attempts: u32,
+    pub write_retry_backoff: Duration,
+}
+
+impl Default for ConversationConfig {
+    fn default() -> Self {
+        Self {
+            history_max_messages: 40,
+            history_max_chars: 48_000,
+            load_messages: 100,
+            replay_buffer: 512,
+            subscriber_buffer: 256,
+            max_pending_messages: 16,
+            mailbox_capacity: 64,
+            idle_timeout: Duration::from_secs(300),
+            idle_check_interval: Duration::from_secs(10),
+            checkpoint_interval: Duration::from_millis(250),
+            checkpoint_bytes: 2048,
+            turn_timeout: Duration::from_secs(300),
+            max_tokens: None,
+            continuation: ContinuationMode::Continue,
+            write_attempts: 5,
+            write_retry_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A refusal from a [`TurnPolicy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRefusal {
+    /// Stable snake_case wire code (`rate_limited`, `budget_exceeded`, …).
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Where tenant rate limits and budgets plug in: asked before a user message is accepted,
+/// told when a turn finished with its usage. The default admits everything.
+pub trait TurnPolicy: Send + Sync + 'static {
+    fn admit(&self, tenant_id: &str, conversation_id: &str) -> Result<(), PolicyRefusal>;
+
+    fn turn_finished(&self, _tenant_id: &str, _conversation_id: &str, _usage: &Usage) {}
+}
+
+/// Admits every turn.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl TurnPolicy for AllowAll {
+    fn admit(&self, _tenant_id: &str, _conversation_id: &str) -> Result<(), PolicyRefusal> {
+        Ok(())
+    }
+}
+
+/// What every conversation and tenant actor shares.
+#[derive(Clone)]
+pub struct ConversationDeps {
+    pub store: Arc<dyn ConversationStore>,
+    pub runner: Arc<dyn TurnRunner>,
+    pub registry: Registry,
+    pub policy: Arc<dyn TurnPolicy>,
+    pub config: ConversationConfig,
+}
+
+impl ConversationDeps {
+    pub fn new(
+        store: Arc<dyn ConversationStore>,
+        runner: Arc<dyn TurnRunner>,
+        registry: Registry,
+        config: ConversationConfig,
+    ) -> Self {
+        Self { store, runner, registry, policy: Arc::new(AllowAll), config }
+    }
+}
+
+/// Why a conversation call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConversationError {
+    #[error("conversation not found")]
+    NotFound,
+    /// The store is down; nothing was acknowledged.
+    #[error("the conversation store is unavailable; try again shortly")]
+    Unavailable,
+    /// Bounded queues are full: the mailbox, or the conversation's pending messages.
+    #[error("the conversation is overloaded; try again shortly")]
+    Overloaded,
+    #[error("the tenant already has {limit} turns in flight; try again shortly")]
+    TenantConcurrency { limit: usize },
+    /// A [`TurnPolicy`] refused the message.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
+    /// The actor stopped (idle shutdown raced the call); open the conversation again.
+    #[error("the conversation was stopped; open it again")]
+    Stopped,
+    /// A resume cannot be served without a gap (`after_seq` is ahead of the conversation,
+    /// e.g. after a crash lost unsaved events); reload the conversation and subscribe live.
+    #[error("cannot resume after seq {after_seq}; the conversation is at seq {last_seq}")]
+    ResyncRequired { after_seq: u64, last_seq: u64 },
+    /// The turn itself failed (the `error` event's code and message).
+    #[error("{message}")]
+    Turn { code: String, message: String },
+}
+
+impl ConversationError {
+    /// Stable snake_case code for the wire.
+    pub fn code(&self) -> &str {
+        match self {
+            ConversationError::NotFound => "not_found",
+            ConversationError::Unavailable | ConversationError::Stopped => "unavailable",
+            ConversationError::Overloaded => "overloaded",
+            ConversationError::TenantConcurrency { .. } => "tenant_concurrency",
+            ConversationError::Refused { code, .. } => code,
+            ConversationError::ResyncRequired { .. } => "resync_required",
+            ConversationError::Turn { code, .. } => code,
+        }
+    }
+
+    /// Whether trying again shortly may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ConversationError::Unavailable
+                | ConversationError::Overloaded
+                | ConversationError::TenantConcurrency { .. }
+                | ConversationError::Stopped
+        )
+    }
+
+    /// A seq-less `error` event for the one caller whose request was refused.
+    pub fn to_event(&self) -> ConversationEvent {
+        ConversationEvent::refused(self.code(), self.to_string())
+    }
+}
+
+impl From<StoreError> for ConversationError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ConversationError::NotFound,
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "conversation store unavailable");
+                ConversationError::Unavailable
+            }
+        }
+    }
+}
+
+impl From<MailboxError> for ConversationError {
+    fn from(_: MailboxError) -> Self {
+        ConversationError::Stopped
+    }
+}
+
+/// A whole reply, for non-streaming callers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletedTurn {
+    /// The user message posted.
+    pub user_message_id: String,
+    /// The assistant reply.
+    pub message_id: String,
+    pub text: String,
+    pub model: String,
+    pub usage: Usage,
+    pub finish_reason: FinishReason,
+    pub cost_micros: Option<u64>,
+    /// Seq of the `done` event.
+    pub seq: u64,
+}
+
+/// What the engine holds to talk to one live conversation. Cheap to clone.
+///
+/// Every call is refused at once with [`ConversationError::Overloaded`] when the actor's
+/// mailbox is full, instead of waiting; [`ConversationError::Stopped`] means the actor
+/// stopped meanwhile and the conversation should be opened again.
+#[derive(Clone)]
+pub struct ConversationHandle {
+    addr: Addr<ConversationActor>,
+    entry: Arc<ActorEntry>,
+    mailbox_capacity: usize,
+    conversation_id: Arc<str>,
+    owner_id: Arc<str>,
+}
+
+impl std::fmt::Debug for ConversationHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConversationHandle")
+            .field("conversation_id", &self.conversation_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConversationHandle {
+    pub(crate) fn new(
+        addr: Addr<ConversationActor>,
+        entry: Arc<ActorEntry>,
+        mailbox_capacity: usize,
+        conversation_id: &str,
+        owner_id: &str,
+    ) -> Self {
+        Self {
+            addr,
+            entry,
+            mailbox_capacity,
+            conversation_id: conversation_id.into(),
+            owner_id: owner_id.into(),
+        }
+    }
+
+    pub fn conversation_id(&self) -> &str {
+        &self.conversation_id
+    }
+
+    /// The user who created the conversation (for the edge's authorization).
+    pub fn owner_id(&self) -> &str {
+        &self.owner_id
+    }
+
+    /// The actor, for callers that want raw messages (no admission control).
+    pub fn addr(&self) -> &Addr<ConversationActor> {
+        &self.addr
+    }
+
+    /// Whether the actor is still running.
+    pub fn is_live(&self) -> bool {
+        self.addr.connected()
+    }
+
+    async fn call<M>(&self, message: M) -> Result<M::Result, ConversationError>
+    where
+        M: actix::Message + Send + 'static,
+        M::Result: Send,
+        ConversationActor: actix::Handler<M>,
+    {
+        if self.entry.mailbox_depth() >= self.mailbox_capacity as u64 {
+            return Err(ConversationError::Overloaded);
+        }
+        // The actor takes this back off when it handles the message (`dequeued`).
+        self.entry.add_mailbox_depth(1);
+        self.addr.send(message).await.map_err(ConversationError::from)
+    }
+
+    pub async fn subscribe(
+        &self,
+        after_seq: Option<u64>,
+    ) -> Result<Subscription, ConversationError> {
+        self.call(Subscribe { after_seq }).await?
+    }
+
+    pub async fn unsubscribe(&self, subscriber_id: u64) -> Result<(), ConversationError> {
+        self.call(Unsubscribe { subscriber_id }).await
+    }
+
+    /// Stores the message and queues its turn; returns after the durable write.
+    pub async fn post(&self, message: PostUserMessage) -> Result<Posted, ConversationError> {
+        self.call(message).await?
+    }
+
+    /// Cancels the running turn; `false` if none was running.
+    pub async fn cancel(&self) -> Result<bool, ConversationError> {
+        self.call(Cancel).await
+    }
+
+    /// Posts a message and waits for its whole reply (non-streaming REST and the
+    /// OpenAI-compatible edge). A failed turn is [`ConversationError::Turn`].
+    pub async fn complete(
+        &self,
+        message: PostUserMessage,
+    ) -> Result<CompletedTurn, ConversationError> {
+        // Subscribe first so no event of our turn can slip by before we listen.
+        let mut subscription = self.subscribe(None).await?;
+        let posted = match self.post(message).await {
+            Ok(posted) => posted,
+            Err(e) => {
+                let _ = self.unsubscribe(subscription.id).await;
+                return Err(e);
+            }
+        };
+        let mut last_seq = subscription.last_seq;
+        // Turns run one at a time, so the deltas after the previous turn's terminal event
+        // are ours; earlier turns' text is dropped when their terminal event passes.
+        let mut text = String::new();
+        loop {
+            let Some(event) = subscription.receiver.recv().await else {
+                // Dropped for falling behind (or the actor restarted): resume where we were.
+                subscription = self.subscribe(Some(last_seq)).await?;
+                continue;
+            };
+            last_seq = event.seq().unwrap_or(last_seq);
+            match &*event {
+                ConversationEvent::Delta { text: piece, .. } => text.push_str(piece),
+                ConversationEvent::Retract { .. } => text.clear(),
+                terminal if terminal.is_terminal() => {
+                    if terminal.reply_to() != Some(posted.message_id.as_str()) {
+                        text.clear();
+                        continue;
+                    }
+                    let _ = self.unsubscribe(subscription.id).await;
+                    return match terminal {
+                        ConversationEvent::Done {
+                            seq,
+                            message_id,
+                            model,
+                            usage,
+                            finish_reason,
+                            cost_micros,
+                            ..
+                        } => Ok(CompletedTurn {
+                            user_message_id: posted.message_id,
+                            message_id: message_id.clone(),
+                            text,
+                            model: model.clone(),
+                            usage: *usage,
+                            finish_reason: *finish_reason,
+                            cost_micros: *cost_micros,
+                            seq: *seq,
+                        }),
+                        ConversationEvent::Error { code, message, .. } => {
+                            Err(ConversationError::Turn {
+                                code: code.clone(),
+                                message: message.clone(),
+                            })
+                        }
+                        _ => Err(ConversationError::Turn {
+                            code: "interrupted".into(),
+                            message: "the turn was interrupted".into(),
+                        }),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+}
