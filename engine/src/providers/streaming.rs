@@ -403,3 +403,84 @@ pub(crate) fn request_id_header(kind: ProviderKind) -> &'static str {
 pub(crate) fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::{EndpointSpec, build_provider, http_client};
+    use actors::ports::llm::{ChatMessage, FinishReason, GenerationRequest, Usage};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-request HTTP server answering `response` verbatim: for wire shapes fake-llm
+    /// does not produce (a whole JSON body where a stream was asked for).
+    async fn answer_once(response: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            socket.write_all(response.as_bytes()).await.unwrap();
+            socket.shutdown().await.unwrap();
+        });
+        format!("http://{addr}/v1")
+    }
+
+    fn json_response(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn compatible(base_url: String) -> std::sync::Arc<dyn actors::ports::llm::LlmProvider> {
+        let spec =
+            EndpointSpec::new(ProviderKind::OpenaiCompatible, "llama").with_base_url(base_url);
+        build_provider(&spec, &http_client().unwrap()).unwrap()
+    }
+
+    fn request() -> GenerationRequest {
+        GenerationRequest { messages: vec![ChatMessage::user("hi")], ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_whole_json_reply_to_a_stream_request_is_delivered_as_one_delta() {
+        let body = r#"{"id":"c-1","model":"llama","choices":[{"index":0,"message":{"role":"assistant","content":"Hi there"},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":2}}"#;
+        let provider = compatible(answer_once(json_response(body)).await);
+        let items: Vec<_> = provider.stream(request()).collect().await;
+        let [Ok(StreamEvent::Delta(text)), Ok(StreamEvent::Finished(done))] = items.as_slice()
+        else {
+            panic!("{items:?}")
+        };
+        assert_eq!(text, "Hi there");
+        assert_eq!(done.usage, Usage { input_tokens: 4, output_tokens: 2 });
+        assert_eq!(done.finish_reason, FinishReason::Stop);
+        assert_eq!(done.provider_request_id.as_deref(), Some("c-1"));
+    }
+
+    #[tokio::test]
+    async fn an_error_object_sent_with_200_is_mapped() {
+        let body = r#"{"error":{"message":"upstream is overloaded","type":"server_error","code":"server_overloaded"}}"#;
+        let provider = compatible(answer_once(json_response(body)).await);
+        let items: Vec<_> = provider.stream(request()).collect().await;
+        assert_eq!(items, vec![Err(ProviderError::Overloaded { retry_after: None })]);
+    }
+}
