@@ -468,6 +468,47 @@ async fn a_reply_left_streaming_by_a_crash_is_marked_interrupted_on_rebuild() {
 }
 
 #[actix_rt::test]
+async fn messages_queued_behind_a_crashed_turn_are_answered_after_rebuild() {
+    let h = harness(echo_plan(Duration::ZERO), fast_config(), TenantConfig::default());
+    let store = &h.store;
+    let c = store.create_conversation("t1", "alice", settings()).await.unwrap();
+    let user = |id: &str, content: &str, seq| NewUserMessage {
+        id: id.into(),
+        client_id: None,
+        user_id: "alice".into(),
+        content: content.into(),
+        seq,
+    };
+    store.append_user_message("t1", &c.id, user("u1", "hi", 1)).await.unwrap();
+    let chunk = StreamChunk { text: "Hel".into(), delta_ends: vec![3], ..Default::default() };
+    let progress = AssistantProgress {
+        message_id: "a1".into(),
+        reply_to: "u1".into(),
+        requested_model: "auto".into(),
+        first_seq: 2,
+        last_seq: 2,
+        chunk,
+    };
+    store.checkpoint_assistant("t1", &c.id, progress).await.unwrap();
+    // Acknowledged while a1 streamed; its turn never ran.
+    store.append_user_message("t1", &c.id, user("u2", "and then", 3)).await.unwrap();
+
+    let conv = h.conversations.open("t1", &c.id).await.unwrap();
+    let mut sub = conv.subscribe(Some(0)).await.unwrap();
+    let events = read_turns(&mut sub, 2).await;
+    assert_contiguous(&events, 1);
+    assert!(matches!(*events[3], ConversationEvent::Interrupted { seq: 4, .. }));
+    let last = events.last().unwrap();
+    assert!(matches!(**last, ConversationEvent::Done { .. }));
+    assert_eq!(last.reply_to(), Some("u2"));
+    let request = h.runner.requests().pop().unwrap();
+    assert_eq!(
+        request.request.messages,
+        vec![ChatMessage::user("hi"), ChatMessage::assistant("Hel"), ChatMessage::user("and then")]
+    );
+}
+
+#[actix_rt::test]
 async fn a_subscriber_that_never_reads_is_dropped_without_slowing_the_other() {
     let config = ConversationConfig { subscriber_buffer: 8, ..fast_config() };
     let h = harness(echo_plan(Duration::from_millis(1)), config, TenantConfig::default());
@@ -571,6 +612,25 @@ async fn the_tenant_limit_refuses_new_turns_beyond_it() {
     let mut sub = c3.subscribe(None).await.unwrap();
     c3.post(post("hello")).await.unwrap();
     read_turns(&mut sub, 1).await;
+}
+
+#[actix_rt::test]
+async fn a_full_conversation_queue_refuses_at_once_with_overloaded() {
+    let config = ConversationConfig { max_pending_messages: 2, ..fast_config() };
+    let h = harness(echo_plan(Duration::ZERO), config, TenantConfig::default());
+    let (_, conv) = h.new_conversation("t1").await;
+    conv.post(post("hang")).await.unwrap();
+    conv.post(post("q1")).await.unwrap();
+    conv.post(post("q2")).await.unwrap();
+    let err = conv.post(post("q3")).await.unwrap_err();
+    assert_eq!(err, ConversationError::Overloaded);
+    assert_eq!(err.code(), "overloaded");
+    assert!(err.is_retryable());
+    // Cancelling the hung turn drains the queue; then there is room again.
+    let mut sub = conv.subscribe(None).await.unwrap();
+    conv.cancel().await.unwrap();
+    read_turns(&mut sub, 3).await;
+    conv.post(post("q3")).await.unwrap();
 }
 
 #[actix_rt::test]

@@ -34,7 +34,7 @@ use super::history::HistoryWindow;
 use super::replay::ReplayBuffer;
 use super::{ConversationDeps, ConversationError, ConversationHandle};
 use crate::events::{CacheStatus, ConversationEvent};
-use crate::ports::llm::{ChatMessage, GenerationRequest};
+use crate::ports::llm::{ChatMessage, GenerationRequest, Role};
 use crate::ports::store::{
     AssistantOutcome, AssistantProgress, Conversation, MessageStatus, NewUserMessage, StoreError,
     StoredError, StoredMessage, StreamChunk, StreamSwitch, SwitchKind,
@@ -106,11 +106,15 @@ static INSTANCES: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct Recovered {
     pub conversation: Conversation,
     pub messages: Vec<StoredMessage>,
+    /// Acknowledged user messages whose turn never ran (queued when the actor died).
+    pending: Vec<QueuedTurn>,
 }
 
 /// Loads a conversation for its actor. A reply left `streaming` (its actor died mid-turn) is
 /// closed as interrupted with the next seq, so its `interrupted` event is in the store before
-/// the actor starts. User messages queued behind it are not re-run.
+/// the actor starts. User messages acknowledged after the last reply started, with no reply
+/// of their own, were queued when the actor died: their turns run again, in order, so every
+/// acknowledged message still ends with exactly one `done` or `error`.
 pub(crate) async fn recover(
     deps: &ConversationDeps,
     tenant_id: &str,
@@ -128,7 +132,21 @@ pub(crate) async fn recover(
         message.last_seq = seq;
         conversation.last_seq = seq;
     }
-    Ok(Recovered { conversation, messages })
+    let replies: Vec<&StoredMessage> =
+        messages.iter().filter(|m| m.role == Role::Assistant).collect();
+    let last_reply_start = replies.iter().map(|m| m.first_seq).max().unwrap_or(0);
+    let pending: Vec<QueuedTurn> = messages
+        .iter()
+        .filter(|m| m.role == Role::User && m.first_seq > last_reply_start)
+        .filter(|m| !replies.iter().any(|r| r.reply_to.as_deref() == Some(m.id.as_str())))
+        .map(|m| QueuedTurn { message_id: m.id.clone(), content: m.text.clone() })
+        .collect();
+    if !pending.is_empty() {
+        tracing::info!(conversation_id, queued = pending.len(), "re-running unanswered messages");
+        // They join the history when their turn starts.
+        messages.retain(|m| !pending.iter().any(|p| p.message_id == m.id));
+    }
+    Ok(Recovered { conversation, messages, pending })
 }
 
 struct Subscriber {
@@ -254,7 +272,7 @@ impl ConversationActor {
         gate: Arc<TenantGate>,
         tenant: Option<Recipient<ConversationStopped>>,
     ) -> (ConversationHandle, u64) {
-        let Recovered { conversation, messages } = recovered;
+        let Recovered { conversation, messages, pending } = recovered;
         let config = &deps.config;
         let registration = deps.registry.register(
             ActorKind::Conversation,
@@ -286,7 +304,7 @@ impl ConversationActor {
             subscribers: Vec::new(),
             next_subscriber: 1,
             replay_pins: Vec::new(),
-            pending: VecDeque::new(),
+            pending: pending.into(),
             current: None,
             next_turn: 1,
             permit: None,
@@ -662,6 +680,12 @@ impl Actor for ConversationActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.deps.config.mailbox_capacity);
         ctx.run_interval(self.deps.config.idle_check_interval, |act, ctx| act.check_idle(ctx));
+        if !self.pending.is_empty() {
+            // Recovered turns were accepted before the crash: run them even if the tenant is
+            // at its limit right now (they take a slot when one is free).
+            self.permit = self.gate.try_acquire().ok();
+            self.maybe_start_turn(ctx);
+        }
     }
 
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
@@ -838,5 +862,55 @@ impl Handler<Cancel> for ConversationActor {
         }
         self.end_turn(ctx, Ending::Cancelled);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(message_id: &str, from_seq: u64, text: &str, finish: bool) -> PendingWrite {
+        let outcome = finish.then_some(AssistantOutcome {
+            status: MessageStatus::Complete,
+            model: None,
+            usage: None,
+            finish_reason: None,
+            error: None,
+            cost_micros: None,
+            cache: CacheStatus::Miss,
+        });
+        PendingWrite {
+            from_seq,
+            progress: AssistantProgress {
+                message_id: message_id.into(),
+                reply_to: "u".into(),
+                requested_model: "m".into(),
+                first_seq: 1,
+                last_seq: from_seq,
+                chunk: StreamChunk { text: text.into(), ..Default::default() },
+            },
+            outcome,
+        }
+    }
+
+    #[test]
+    fn queued_writes_merge_but_never_into_the_one_in_flight() {
+        let mut q = WriteQueue::default();
+        q.push(write("a", 1, "x", false));
+        q.in_flight = true;
+        q.push(write("a", 2, "y", false));
+        q.push(write("a", 3, "z", true));
+        assert_eq!(q.queue.len(), 2, "the in-flight write is left alone");
+        let merged = &q.queue[1];
+        assert_eq!(merged.progress.chunk.text, "yz");
+        assert_eq!(merged.progress.last_seq, 3);
+        assert_eq!(merged.from_seq, 2);
+        assert!(merged.outcome.is_some());
+        // Nothing merges into a finished write, nor across messages.
+        q.push(write("a", 4, "late", false));
+        q.push(write("b", 5, "other", false));
+        assert_eq!(q.queue.len(), 4);
+        assert_eq!(q.floor(), Some(1));
+        assert!(!q.is_idle());
     }
 }
