@@ -36,6 +36,7 @@ use rand::{Rng, SeedableRng};
 enum Step {
     Delta(String),
     Failover,
+    Retract,
     Fail(TurnError),
     Finish,
     /// Never yields again (until dropped).
@@ -114,6 +115,7 @@ impl TurnRunner for FakeRunner {
                     to: "fake-2".into(),
                     reason: "stream_broken",
                 }),
+                Some(Step::Retract) => Ok(TurnEvent::Retract { from: "fake-1".into() }),
                 Some(Step::Finish) => Ok(TurnEvent::Finished(summary())),
                 Some(Step::Fail(e)) => Err(e),
                 Some(Step::Hang) => {
@@ -677,6 +679,13 @@ async fn ten_thousand_turns_across_a_thousand_conversations_each_end_exactly_onc
         let fail = rng.random_bool(0.2);
         let mut steps: Vec<Step> =
             (0..rng.random_range(0..4)).map(|i| Step::Delta(format!("{content}/{i} "))).collect();
+        // Some turns fail over mid-stream, some restart their answer: the store must replay
+        // those too.
+        match rng.random_range(0..10) {
+            0 => steps.insert(steps.len() / 2, Step::Failover),
+            1 => steps.extend([Step::Retract, Step::Delta("again".into())]),
+            _ => {}
+        }
         if fail {
             steps.push(Step::Fail(TurnError::Exhausted {
                 last: ProviderError::Overloaded { retry_after: None },

@@ -448,6 +448,12 @@ impl ConversationActor {
 
     /// A delta, failover or retraction of the running turn.
     fn on_stream_event(&mut self, ctx: &mut Context<Self>, event: TurnEvent) {
+        // Checked before taking a seq: a seq taken and not broadcast would be a gap.
+        match &event {
+            TurnEvent::Finished(_) => return,
+            TurnEvent::Delta(text) if text.is_empty() => return,
+            _ => {}
+        }
         let Some(seq) = self.turn_seq() else { return };
         let Some(turn) = self.current.as_mut() else { return };
         let event = match event {
