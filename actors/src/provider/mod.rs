@@ -297,6 +297,13 @@ impl Handler<Generate> for ProviderActor {
                 let acquire =
                     async move { tokio::time::timeout(wait, permits.acquire_owned()).await };
                 ctx.spawn(acquire.into_actor(self).map(move |acquired, act, ctx| match acquired {
+                    // Re-check the epoch: the slot may have been freed by the very stream
+                    // whose panic is restarting this actor, and this request belongs to the
+                    // life that is ending.
+                    Ok(Ok(_)) if epoch != act.health.epoch() => {
+                        act.health.record_cancel(admission);
+                        let _ = reply.send(Err(Refused::Restarted));
+                    }
                     Ok(Ok(permit)) if !reply.is_closed() => {
                         act.start(request, admission, permit, reply, ctx)
                     }

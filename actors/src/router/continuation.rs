@@ -76,13 +76,14 @@ pub struct OverlapFilter {
 }
 
 impl OverlapFilter {
-    /// `None` when `partial` is too short for any overlap to count.
+    /// `None` when `partial` is empty (nothing to repeat).
     pub fn new(partial: &str, config: &ContinuationConfig) -> Option<Self> {
-        let min = config.min_overlap_chars.max(1);
-        if partial.len() < min {
+        if partial.is_empty() {
             return None;
         }
-        let needed = partial.len().min(config.max_overlap_chars.max(min));
+        let min = config.min_overlap_chars.max(1);
+        // One byte more than the longest overlap, to see what follows a whole-partial repeat.
+        let needed = partial.len().min(config.max_overlap_chars.max(min)) + 1;
         Some(Self { buffer: String::with_capacity(needed + 64), needed, min })
     }
 
@@ -95,20 +96,34 @@ impl OverlapFilter {
 
     /// Decides with what was collected (the leg ended early).
     pub fn finish(&mut self, partial: &str) -> String {
-        let cut = overlap(partial, &self.buffer, self.min, self.needed);
+        let cut = overlap(partial, &self.buffer, self.min, self.needed - 1);
         let mut rest = std::mem::take(&mut self.buffer);
         rest.drain(..cut);
         rest
     }
 }
 
-/// Length in bytes of the longest prefix of `continuation` (at least `min`, at most `max`)
-/// that equals a suffix of `partial`; 0 when none.
+/// Length in bytes of the longest prefix of `continuation` (at most `max`) that repeats a
+/// suffix of `partial`; 0 when none.
+///
+/// An overlap counts when it is at least `min` bytes long, or when it is the *whole* partial
+/// text (the model started its answer over) and ends at a word boundary — so a partial
+/// "I " followed by "I think" is a repeat, but a partial "a" followed by "and" is not.
 pub fn overlap(partial: &str, continuation: &str, min: usize, max: usize) -> usize {
     let longest = continuation.len().min(partial.len()).min(max);
-    (min..=longest)
+    let counts = |k: usize| {
+        if k >= min {
+            return true;
+        }
+        let at_boundary = partial.ends_with(|c: char| !c.is_alphanumeric())
+            || continuation[k..].chars().next().is_none_or(|c| !c.is_alphanumeric());
+        k == partial.len() && at_boundary
+    };
+    (1..=longest)
         .rev()
-        .find(|&k| continuation.is_char_boundary(k) && partial.ends_with(&continuation[..k]))
+        .find(|&k| {
+            continuation.is_char_boundary(k) && partial.ends_with(&continuation[..k]) && counts(k)
+        })
         .unwrap_or(0)
 }
 
@@ -126,6 +141,14 @@ mod tests {
     }
 
     #[test]
+    fn a_short_partial_repeated_whole_counts_only_at_a_word_boundary() {
+        assert_eq!(overlap("Reply ", "Reply to you", 8, 512), 6);
+        assert_eq!(overlap("I", "I think", 8, 512), 1);
+        assert_eq!(overlap("a", "and so on", 8, 512), 0);
+        assert_eq!(overlap("to you", "you too", 8, 512), 0, "a short suffix is not enough");
+    }
+
+    #[test]
     fn the_filter_buffers_until_it_can_decide() {
         let config = ContinuationConfig {
             min_overlap_chars: 4,
@@ -139,7 +162,7 @@ mod tests {
         let mut f = OverlapFilter::new(partial, &config).unwrap();
         assert_eq!(f.push(partial, " fi"), None);
         assert_eq!(f.finish(partial), " fi");
-        assert!(OverlapFilter::new("abc", &config).is_none());
+        assert!(OverlapFilter::new("", &config).is_none());
     }
 
     #[test]

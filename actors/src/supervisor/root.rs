@@ -125,7 +125,10 @@ impl ProviderTree {
                 ));
                 let (policy, restarted, actor_health) =
                     (policy.clone(), restarted.clone(), health.clone());
-                let addr = actix::Supervisor::start(move |_| {
+                let capacity = health.config.mailbox_capacity.max(1);
+                let addr = actix::Supervisor::start(move |ctx: &mut Context<ProviderActor>| {
+                    // Bounded before the first message can arrive, not only once started.
+                    ctx.set_mailbox_capacity(capacity);
                     ProviderActor::new(
                         actor_health,
                         provider,
