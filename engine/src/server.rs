@@ -10,7 +10,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
@@ -29,6 +29,7 @@ pub struct AppState {
     pub registry: Registry,
     pub tree: Tree,
     shutting_down: AtomicBool,
+    websocket_sessions: AtomicUsize,
     /// Flipped once when WebSocket sessions must close with 1012.
     close_sessions: watch::Sender<bool>,
 }
@@ -38,9 +39,31 @@ impl AppState {
         self.shutting_down.load(Ordering::Relaxed)
     }
 
+    /// Open WebSocket sessions on this node.
+    pub fn websocket_sessions(&self) -> usize {
+        self.websocket_sessions.load(Ordering::Relaxed)
+    }
+
+    /// Counts a session for as long as the returned guard lives.
+    pub fn track_websocket_session(self: &Arc<Self>) -> SessionGuard {
+        self.websocket_sessions.fetch_add(1, Ordering::Relaxed);
+        SessionGuard { state: self.clone() }
+    }
+
     /// A receiver each WebSocket session watches for the shutdown signal.
     pub fn session_shutdown(&self) -> watch::Receiver<bool> {
         self.close_sessions.subscribe()
+    }
+}
+
+/// Keeps a WebSocket session counted in [`AppState::websocket_sessions`].
+pub struct SessionGuard {
+    state: Arc<AppState>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.state.websocket_sessions.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -65,6 +88,7 @@ impl Engine {
             registry,
             tree,
             shutting_down: AtomicBool::new(false),
+            websocket_sessions: AtomicUsize::new(0),
             close_sessions,
         });
 
@@ -72,6 +96,7 @@ impl Engine {
             .with_context(|| format!("failed to listen on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         let limits = config.limits.clone();
+        let socket_tuning = SocketTuning::from_limits(&limits);
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
@@ -85,14 +110,14 @@ impl Engine {
                 .app_data(web::PayloadConfig::default().limit(limits.max_body_bytes))
                 .configure(crate::http::routes)
         })
-        // Nagle's algorithm holds small frames (one token each) back for up to 40 ms.
-        .on_connect(|conn, _| {
+        .on_connect(move |conn, _| {
             if let Some(tcp) = conn.downcast_ref::<actix_rt::net::TcpStream>() {
-                let _ = tcp.set_nodelay(true);
+                tune_socket(tcp, &socket_tuning);
             }
         })
         .disable_signals()
-        .shutdown_timeout(5)
+        // Turns were drained before `stop`; what is still open now is idle keep-alive.
+        .shutdown_timeout(1)
         .backlog(4096)
         .max_connections(25_000)
         .listen(listener)?;
@@ -134,6 +159,36 @@ impl Engine {
         tokio::time::sleep(Duration::from_millis(200)).await;
         handle.stop(true).await;
     }
+}
+
+/// Per-connection socket options, applied as each connection is accepted.
+#[derive(Debug, Clone, Copy)]
+struct SocketTuning {
+    send_buffer: usize,
+    user_timeout: Duration,
+}
+
+impl SocketTuning {
+    fn from_limits(limits: &crate::config::LimitsConfig) -> Self {
+        Self {
+            send_buffer: limits.socket_send_buffer_bytes,
+            // Unacknowledged data (or a zero window) for this long means the peer is gone or
+            // has stopped reading: let the kernel reset the connection so its buffers are
+            // released even while actix-http still holds the socket.
+            user_timeout: Duration::from_millis(limits.ws_write_timeout_ms.saturating_mul(3)),
+        }
+    }
+}
+
+fn tune_socket(tcp: &actix_rt::net::TcpStream, tuning: &SocketTuning) {
+    // Nagle's algorithm holds small frames (one token each) back for up to 40 ms.
+    let _ = tcp.set_nodelay(true);
+    let socket = socket2::SockRef::from(tcp);
+    if tuning.send_buffer > 0 {
+        let _ = socket.set_send_buffer_size(tuning.send_buffer);
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket.set_tcp_user_timeout(Some(tuning.user_timeout));
 }
 
 /// `switchyard serve`: runs until SIGTERM or Ctrl-C, then shuts down in phases.

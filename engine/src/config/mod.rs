@@ -77,6 +77,10 @@ pub struct LimitsConfig {
     pub ws_client_timeout_secs: u64,
     /// Seconds a new socket has to authenticate.
     pub ws_auth_timeout_secs: u64,
+    /// Kernel send buffer per connection. Small enough that a client which stops reading
+    /// blocks our writes soon (and is dropped at the write deadline) instead of parking
+    /// megabytes in the kernel; large enough for full-speed streaming.
+    pub socket_send_buffer_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -92,6 +96,7 @@ impl Default for LimitsConfig {
             ws_heartbeat_secs: 15,
             ws_client_timeout_secs: 45,
             ws_auth_timeout_secs: 10,
+            socket_send_buffer_bytes: 64 * 1024,
         }
     }
 }

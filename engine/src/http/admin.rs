@@ -18,7 +18,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[get("/admin/actors")]
 async fn list_actors(state: web::Data<AppState>) -> HttpResponse {
     let actors = state.registry.snapshot();
-    HttpResponse::Ok().json(json!({ "count": actors.len(), "actors": actors }))
+    HttpResponse::Ok().json(json!({
+        "count": actors.len(),
+        "websocket_sessions": state.websocket_sessions(),
+        "actors": actors,
+    }))
 }
 
 #[get("/admin/actors/{id}")]

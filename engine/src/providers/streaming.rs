@@ -108,7 +108,8 @@ impl<D: Decode> EventDecoder<D> {
 /// Decodes a recorded SSE transcript of `kind`'s streaming protocol, delivered in `chunks`,
 /// exactly as a live stream would be (minus timeouts): for replaying captured streams when
 /// debugging an adapter, and for the parsing benchmark. `upstream_model` stands in for the
-/// model when the transcript does not name one.
+/// model when the transcript does not name one. `Mock` has no wire format of its own; its
+/// transcripts are read as OpenAI's (what the engine's own OpenAI-compatible edge emits).
 pub fn replay_sse<'a>(
     kind: ProviderKind,
     upstream_model: &str,

@@ -253,3 +253,38 @@ async fn unknown_conversation_is_refused_before_upgrading() {
     let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
 }
+
+#[tokio::test]
+async fn a_socket_that_stops_reading_is_dropped_without_slowing_the_other() {
+    let limits = "[limits]\nws_write_timeout_ms = 300\nws_outbox_events = 64\nsocket_send_buffer_bytes = 8192";
+    let app = spawn_app_with("", Scenario { tokens: 20_000, ..Scenario::default() }, limits);
+    let id = app.create_conversation(json!({})).await;
+
+    // The stalled client: a tiny receive window, and it never reads after subscribing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let url = format!("ws://{}/ws/{id}", app.addr);
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (mut stalled, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    send(&mut stalled, json!({"type": "resume", "after_seq": 0})).await;
+
+    let mut reader = app.ws_connect(&id).await;
+    send(&mut reader, json!({"type": "user_message", "content": "Say a lot"})).await;
+    let frames = recv_turn(&mut reader).await;
+    assert_eq!(frames.last().unwrap()["type"], "done");
+    assert_eq!(text_of(&frames), expected("Say a lot", 20_000));
+    assert_gap_free(&frames);
+
+    let mut sessions = u64::MAX;
+    for _ in 0..100 {
+        let (_, tree) = app.get_json("/admin/actors").await;
+        sessions = tree["websocket_sessions"].as_u64().unwrap();
+        if sessions == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sessions, 1, "the stalled session is dropped; the reader's stays");
+    drop(stalled);
+}

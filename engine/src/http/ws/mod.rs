@@ -43,6 +43,10 @@ async fn connect(
     let frames =
         stream.max_frame_size(hard_cap).aggregate_continuations().max_continuation_size(hard_cap);
     let params = session::SessionParams { link, limits, shutdown: state.session_shutdown() };
-    actix_rt::spawn(session::run(session, frames, params));
+    let counted = state.clone().into_inner().track_websocket_session();
+    actix_rt::spawn(async move {
+        session::run(session, frames, params).await;
+        drop(counted);
+    });
     Ok(response)
 }
