@@ -733,3 +733,18 @@ async fn models_and_health() {
     let health = client().get(format!("{}/health", srv.base_url())).send().await.unwrap();
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test]
+async fn dropping_the_server_does_not_wait_for_hung_requests() {
+    let srv = start();
+    let url = format!("{}/v1/chat/completions", srv.base_url());
+    let pending = tokio::spawn(async move {
+        client().post(url).header("x-fake-llm", "hang").json(&chat_body(false)).send().await
+    });
+    wait_for(&srv, |s| s.requests == 1).await;
+    let started = Instant::now();
+    drop(srv);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    // The hung client sees its connection closed rather than an answer.
+    assert!(pending.await.unwrap().is_err());
+}

@@ -6,11 +6,11 @@
 //! request (see `loadtest::fake_llm::Scenario`).
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::ToSocketAddrs;
 
 use anyhow::Context;
 use clap::Parser;
-use loadtest::fake_llm::{Scenario, serve};
+use loadtest::fake_llm::{Scenario, bind, serve};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -106,8 +106,13 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let scenario = args.scenario()?;
-    let listener = TcpListener::bind(&args.listen)
-        .with_context(|| format!("failed to bind {}", args.listen))?;
+    let requested = args
+        .listen
+        .to_socket_addrs()
+        .with_context(|| format!("failed to resolve --listen {}", args.listen))?
+        .next()
+        .with_context(|| format!("--listen {} resolved to no address", args.listen))?;
+    let listener = bind(requested).with_context(|| format!("failed to bind {requested}"))?;
     let addr = listener.local_addr().context("failed to read the bound address")?;
     {
         let mut out = std::io::stdout().lock();

@@ -255,8 +255,6 @@ fn build(
     // (`hang_after`) stream notice that its client gave up, and frees its connection.
     .h1_allow_half_closed(false)
     .workers(workers.max(1))
-    // Load tests open thousands of streams at once.
-    .backlog(4096)
     .max_connections(100_000)
     .shutdown_timeout(1)
     .listen(listener)?
@@ -264,7 +262,37 @@ fn build(
     Ok(server)
 }
 
-/// Serves fake-llm on `listener` with `workers` worker threads. Call it inside an actix
+/// Accept-queue length for [`bind`]: enough for a load test's connection burst.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener for [`serve`] with a deep accept queue. `std::net::TcpListener::bind`
+/// uses a backlog of 128; when thousands of streams connect at once the overflow is dropped
+/// and those clients wait out a one-second SYN retransmit, which looks like server latency.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    // `listen` hands back a tokio listener, which needs a reactor for the moment it exists;
+    // `into_std` detaches it again so actix can take it over. The throwaway runtime lives on
+    // its own thread so that callers already inside a runtime (async tests) can bind too.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()?
+                    .block_on(async move { socket.listen(LISTEN_BACKLOG)?.into_std() })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("fake-llm bind thread panicked")))
+    })
+}
+
+/// Serves fake-llm on `listener` (ideally from [`bind`]) with `workers` worker threads. Call it inside an actix
 /// system (`actix_rt::System::new().block_on(...)`) and await the returned server.
 pub fn serve(listener: TcpListener, defaults: Scenario, workers: usize) -> std::io::Result<Server> {
     build(listener, web::Data::new(Shared::new(defaults)), workers)
@@ -282,7 +310,7 @@ impl FakeLlmServer {
     /// Starts on its own thread with its own actix system, so any test runtime (tokio or
     /// actix) can use it. Binds 127.0.0.1:0 with one worker.
     pub fn start(defaults: Scenario) -> std::io::Result<FakeLlmServer> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let addr = listener.local_addr()?;
         let shared = web::Data::new(Shared::new(defaults));
         let for_thread = shared.clone();
