@@ -387,3 +387,38 @@ async fn sequential_streams_complete_and_leave_nothing_open() {
     assert_eq!(stats.client_disconnects, 0);
     assert_eq!(stats.active_streams, 0);
 }
+
+/// A peer that never completes the TCP handshake: a listener whose accept queue is full
+/// drops further SYNs on Linux, so the connect attempt hangs until our connect timeout.
+#[tokio::test]
+async fn connect_timeout_is_its_own_phase() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Fill the accept queue until a plain connect stalls (kept open for the whole test).
+    let mut held = Vec::new();
+    let mut stalled = false;
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(150)) {
+            Ok(stream) => held.push(stream),
+            Err(_) => {
+                stalled = true;
+                break;
+            }
+        }
+    }
+    if !stalled {
+        eprintln!("skipped: this kernel accepts connections beyond the listen backlog");
+        return;
+    }
+    let mut spec = spec(Wire::Openai, &format!("http://{addr}"), "");
+    spec.connect_timeout_ms = 200;
+    spec.first_token_timeout_ms = 3_000;
+    let started = Instant::now();
+    let (deltas, result) = run_stream(&*provider(&spec), request()).await;
+    assert!(deltas.is_empty());
+    assert_eq!(result.unwrap_err(), ProviderError::Timeout(TimeoutPhase::Connect));
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    drop((held, listener));
+}
