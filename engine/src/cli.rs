@@ -27,17 +27,35 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Run the engine (the default).
     Serve,
     /// Load and validate the configuration, print a summary, and exit.
     CheckConfig,
+    /// Send one message to a running engine and stream the reply to the terminal.
+    Chat(ChatArgs),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ChatArgs {
+    /// The engine's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "SWITCHYARD_URL")]
+    pub url: String,
+    /// Model (or route alias) for a new conversation; the engine's default if omitted.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Continue this conversation instead of starting a new one.
+    #[arg(long)]
+    pub conversation: Option<String>,
+    /// The message to send.
+    #[arg(required = true, num_args = 1..)]
+    pub message: Vec<String>,
 }
 
 impl Cli {
     /// `switchyard` with no subcommand serves.
     pub fn command(&self) -> Command {
-        self.command.unwrap_or(Command::Serve)
+        self.command.clone().unwrap_or(Command::Serve)
     }
 }

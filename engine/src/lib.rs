@@ -13,6 +13,7 @@
 //! - [`server`]: building, running and gracefully stopping the engine;
 //! - [`cli`], [`telemetry`]: the command line and logging.
 
+pub mod chat_cli;
 pub mod cli;
 pub mod config;
 pub mod conversations;

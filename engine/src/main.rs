@@ -9,6 +9,9 @@ use engine::config::{Config, ProcessEnv};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     engine::telemetry::init(cli.log_format);
+    if let Some(Command::Chat(args)) = &cli.command {
+        return actix_rt::System::new().block_on(engine::chat_cli::run(args.clone()));
+    }
     let mut config = Config::load(cli.config.as_deref(), &ProcessEnv)
         .context("failed to load the configuration")?;
     if let Some(listen) = cli.listen {
@@ -20,5 +23,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => actix_rt::System::new().block_on(engine::server::serve(config)),
+        Command::Chat(_) => Ok(()),
     }
 }
