@@ -23,13 +23,19 @@ pub enum ClientFrame {
         content: String,
     },
     /// Stop the reply being generated.
-    Cancel,
+    Cancel(NoFields),
     /// Replay every event after `after_seq`, then continue live.
     Resume {
         after_seq: u64,
     },
-    Ping,
+    Ping(NoFields),
 }
+
+/// The body of a frame that carries nothing but its `type`. A struct of its own because
+/// serde's `deny_unknown_fields` does not reach unit or empty variants of a tagged enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoFields {}
 
 /// Why a client frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,12 +118,12 @@ mod tests {
             parse(r#"{"type":"user_message","content":"Hi"}"#),
             ClientFrame::UserMessage { client_id: None, content: "Hi".into() }
         );
-        assert_eq!(parse(r#"{"type":"cancel"}"#), ClientFrame::Cancel);
+        assert_eq!(parse(r#"{"type":"cancel"}"#), ClientFrame::Cancel(NoFields {}));
         assert_eq!(
             parse(r#"{"type":"resume","after_seq":41}"#),
             ClientFrame::Resume { after_seq: 41 }
         );
-        assert_eq!(parse(r#"{"type":"ping"}"#), ClientFrame::Ping);
+        assert_eq!(parse(r#"{"type":"ping"}"#), ClientFrame::Ping(NoFields {}));
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
                     }
                 };
                 let outcome = match frame {
-                    ClientFrame::Ping => writer.frame(&SessionFrame::Pong).await,
+                    ClientFrame::Ping(_) => writer.frame(&SessionFrame::Pong).await,
                     // Clients may always lead with `auth`; once authenticated it changes nothing.
                     ClientFrame::Auth { .. } => Ok(()),
                     ClientFrame::Resume { after_seq } => match link.subscribe(Some(after_seq)).await {
@@ -129,7 +129,7 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
                             }
                         }
                     }
-                    ClientFrame::Cancel => { link.cancel(); Ok(()) }
+                    ClientFrame::Cancel(_) => { link.cancel(); Ok(()) }
                 };
                 if outcome.is_err() { break End::Drop }
             }
