@@ -52,11 +52,11 @@ impl AnthropicProvider {
 impl LlmProvider for AnthropicProvider {
     fn stream(&self, request: GenerationRequest) -> ProviderStream {
         match encode_request(&self.endpoint.model, &request, true) {
-            Ok(body) => streaming::stream_sse(
-                self.endpoint.clone(),
-                body,
-                StreamDecoder::new(&self.endpoint.model),
-            ),
+            Ok(encoded) => {
+                let mut decoder = StreamDecoder::new(&self.endpoint.model);
+                decoder.strip_leading_whitespace = encoded.trimmed_prefill;
+                streaming::stream_sse(self.endpoint.clone(), encoded.body, decoder)
+            }
             Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
         }
     }
@@ -66,13 +66,19 @@ impl LlmProvider for AnthropicProvider {
         request: GenerationRequest,
     ) -> BoxFuture<'static, Result<CompletionResponse, ProviderError>> {
         let endpoint = self.endpoint.clone();
-        let body = encode_request(&endpoint.model, &request, false);
+        let encoded = encode_request(&endpoint.model, &request, false);
         async move {
+            let encoded = encoded?;
             let model = endpoint.model.clone();
-            streaming::complete_json(endpoint, body?, |bytes, request_id| {
-                parse_response(bytes, request_id, &model)
-            })
-            .await
+            let mut reply =
+                streaming::complete_json(endpoint, encoded.body, |bytes, request_id| {
+                    parse_response(bytes, request_id, &model)
+                })
+                .await?;
+            if encoded.trimmed_prefill {
+                reply.text = reply.text.trim_start().to_owned();
+            }
+            Ok(reply)
         }
         .boxed()
     }
@@ -85,8 +91,8 @@ struct MessagesRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<&'a str>,
     messages: Vec<WireMessage<'a>>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stop_sequences: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
     stream: bool,
@@ -98,34 +104,65 @@ struct WireMessage<'a> {
     content: &'a str,
 }
 
+/// An encoded request, and whether a trailing prefill had whitespace trimmed.
+pub(crate) struct Encoded {
+    pub body: Vec<u8>,
+    pub trimmed_prefill: bool,
+}
+
+/// Encodes `request`, adapting the three things Anthropic validates more strictly than
+/// OpenAI, so a request written for either (a failover from one to the other) is accepted:
+///
+/// - a final assistant message (prefill) may not end with whitespace, yet a partial answer
+///   cut mid-stream usually does: it is sent trimmed, and the reply's leading whitespace is
+///   dropped so that `partial + reply` reads as one text (`trimmed_prefill`);
+/// - whitespace-only stop sequences (OpenAI clients send `"\n\n"`) are rejected: they are
+///   left out;
+/// - `temperature` ranges over 0–1 (OpenAI's over 0–2): it is clamped.
 pub(crate) fn encode_request(
     model: &str,
     request: &GenerationRequest,
     stream: bool,
-) -> Result<Vec<u8>, ProviderError> {
+) -> Result<Encoded, ProviderError> {
+    let last = request.messages.len().saturating_sub(1);
+    let mut trimmed_prefill = false;
+    let messages = request
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| WireMessage {
+            role: match m.role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            },
+            content: if i == last && m.role == Role::Assistant {
+                let trimmed = m.content.trim_end();
+                trimmed_prefill = trimmed.len() != m.content.len();
+                trimmed
+            } else {
+                &m.content
+            },
+        })
+        .collect();
+    let stop_sequences: Vec<&str> =
+        request.stop.iter().map(String::as_str).filter(|s| !s.trim().is_empty()).collect();
+    if stop_sequences.len() != request.stop.len() {
+        tracing::debug!(model, "whitespace-only stop sequences left out (Anthropic rejects them)");
+    }
     let body = MessagesRequest {
         model,
         max_tokens: request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         system: request.system.as_deref(),
-        messages: request
-            .messages
-            .iter()
-            .map(|m| WireMessage {
-                role: match m.role {
-                    Role::User => "user",
-                    Role::Assistant => "assistant",
-                },
-                content: &m.content,
-            })
-            .collect(),
-        stop_sequences: &request.stop,
-        temperature: request.temperature,
+        messages,
+        stop_sequences,
+        temperature: request.temperature.map(|t| t.clamp(0.0, 1.0)),
         stream,
     };
-    serde_json::to_vec(&body).map_err(|_| ProviderError::BadRequest {
+    let body = serde_json::to_vec(&body).map_err(|_| ProviderError::BadRequest {
         kind: BadRequestKind::Invalid,
         message: "the request could not be encoded as JSON".to_owned(),
-    })
+    })?;
+    Ok(Encoded { body, trimmed_prefill })
 }
 
 fn finish_reason(raw: &str) -> FinishReason {
@@ -212,6 +249,9 @@ pub(crate) struct StreamDecoder {
     message_id: Option<String>,
     usage: Usage,
     finish: Option<FinishReason>,
+    /// Drop the reply's leading whitespace (the prefill was sent with its trailing
+    /// whitespace trimmed; the client already has it).
+    strip_leading_whitespace: bool,
 }
 
 impl StreamDecoder {
@@ -223,7 +263,21 @@ impl StreamDecoder {
             message_id: None,
             usage: Usage::default(),
             finish: None,
+            strip_leading_whitespace: false,
         }
+    }
+
+    fn text_delta(&mut self, text: Option<Cow<'_, str>>) -> Step {
+        let Some(text) = text else { return Step::Skip };
+        if self.strip_leading_whitespace {
+            let rest = text.trim_start();
+            if rest.is_empty() {
+                return Step::Skip;
+            }
+            self.strip_leading_whitespace = false;
+            return Step::Delta(rest.to_owned());
+        }
+        if text.is_empty() { Step::Skip } else { Step::Delta(text.into_owned()) }
     }
 
     fn completion(&mut self) -> Completion {
@@ -245,13 +299,6 @@ impl StreamDecoder {
     }
 }
 
-fn text_delta(text: Option<Cow<'_, str>>) -> Step {
-    match text {
-        Some(text) if !text.is_empty() => Step::Delta(text.into_owned()),
-        _ => Step::Skip,
-    }
-}
-
 impl Decode for StreamDecoder {
     fn on_headers(&mut self, headers: &HeaderMap) {
         self.header_request_id = streaming::header_str(headers, "request-id");
@@ -268,7 +315,7 @@ impl Decode for StreamDecoder {
         Ok(match parsed.kind.as_ref() {
             "content_block_delta" => match parsed.delta {
                 Some(delta) if delta.kind.as_deref() == Some("text_delta") => {
-                    text_delta(delta.text)
+                    self.text_delta(delta.text)
                 }
                 _ => Step::Skip,
             },
@@ -283,7 +330,7 @@ impl Decode for StreamDecoder {
                 Step::Skip
             }
             "content_block_start" => match parsed.content_block {
-                Some(block) if block.kind.as_deref() == Some("text") => text_delta(block.text),
+                Some(block) if block.kind.as_deref() == Some("text") => self.text_delta(block.text),
                 _ => Step::Skip,
             },
             "message_delta" => {
@@ -371,6 +418,7 @@ mod tests {
     use super::*;
     use crate::providers::ProviderKind;
     use crate::providers::replay_sse;
+    use crate::providers::streaming::EventDecoder;
     use crate::providers::test_support::{assert_every_split, assert_random_chunks};
     use actors::ports::llm::{ChatMessage, StreamEvent};
 
@@ -388,7 +436,8 @@ mod tests {
             stop: vec!["END".into()],
         };
         let json: serde_json::Value =
-            serde_json::from_slice(&encode_request("claude", &request, true).unwrap()).unwrap();
+            serde_json::from_slice(&encode_request("claude", &request, true).unwrap().body)
+                .unwrap();
         assert_eq!(json["system"], "Be brief.");
         assert_eq!(json["max_tokens"], DEFAULT_MAX_TOKENS);
         assert_eq!(json["stop_sequences"][0], "END");
@@ -396,15 +445,67 @@ mod tests {
         assert_eq!(json["messages"].as_array().unwrap().len(), 2);
         assert_eq!(
             json["messages"][1],
-            serde_json::json!({"role": "assistant", "content": "Sure: "})
+            serde_json::json!({"role": "assistant", "content": "Sure:"}),
+            "Anthropic rejects a prefill ending in whitespace"
         );
         assert!(json.get("temperature").is_none() && json.get("stop").is_none());
 
         let limited = GenerationRequest { max_tokens: Some(10), ..request };
         let json: serde_json::Value =
-            serde_json::from_slice(&encode_request("claude", &limited, false).unwrap()).unwrap();
+            serde_json::from_slice(&encode_request("claude", &limited, false).unwrap().body)
+                .unwrap();
         assert_eq!(json["max_tokens"], 10);
         assert_eq!(json["stream"], false);
+    }
+
+    #[test]
+    fn adapts_openai_style_parameters_anthropic_would_reject() {
+        let request = GenerationRequest {
+            messages: vec![ChatMessage::user("Hi"), ChatMessage::assistant("Once upon \n")],
+            temperature: Some(1.7),
+            stop: vec!["\n\n".into(), "END".into(), " ".into()],
+            ..Default::default()
+        };
+        let encoded = encode_request("claude", &request, true).unwrap();
+        assert!(encoded.trimmed_prefill);
+        let json: serde_json::Value = serde_json::from_slice(&encoded.body).unwrap();
+        assert_eq!(json["messages"][1]["content"], "Once upon");
+        assert_eq!(json["temperature"], 1.0);
+        assert_eq!(json["stop_sequences"], serde_json::json!(["END"]));
+
+        let untouched = GenerationRequest {
+            messages: vec![ChatMessage::assistant("  earlier "), ChatMessage::user("Hi ")],
+            ..Default::default()
+        };
+        let encoded = encode_request("claude", &untouched, true).unwrap();
+        assert!(!encoded.trimmed_prefill, "only a trailing assistant message is a prefill");
+        let json: serde_json::Value = serde_json::from_slice(&encoded.body).unwrap();
+        assert_eq!(json["messages"][0]["content"], "  earlier ");
+        assert_eq!(json["messages"][1]["content"], "Hi ");
+        assert!(json.get("stop_sequences").is_none());
+    }
+
+    #[test]
+    fn continuation_after_a_trimmed_prefill_drops_its_leading_whitespace() {
+        let event = |text: &str| {
+            format!(
+                "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n"
+            )
+        };
+        let transcript = [event(" "), event(" a"), event(" time")].concat();
+        let mut events = EventDecoder::new(StreamDecoder {
+            strip_leading_whitespace: true,
+            ..StreamDecoder::new("claude")
+        });
+        events.feed(transcript.as_bytes());
+        let mut deltas = Vec::new();
+        while let Some(item) = events.next_item() {
+            deltas.push(item.unwrap());
+        }
+        assert_eq!(
+            deltas,
+            vec![StreamEvent::Delta("a".into()), StreamEvent::Delta(" time".into())]
+        );
     }
 
     #[test]

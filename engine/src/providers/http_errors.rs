@@ -177,6 +177,7 @@ fn bad_request(upstream: UpstreamError) -> ProviderError {
     } else if lower.contains("prefill")
         || lower.contains("must end with a user message")
         || lower.contains("conversation must end with")
+        || lower.contains("final assistant content")
     {
         BadRequestKind::PrefillUnsupported
     } else {
@@ -347,6 +348,8 @@ mod tests {
         assert_eq!(kind(400, anthropic_ctx), BadRequestKind::ContextLength);
         let prefill = r#"{"type":"error","error":{"type":"invalid_request_error","message":"This model does not support assistant message prefill. The conversation must end with a user message."}}"#;
         assert_eq!(kind(400, prefill), BadRequestKind::PrefillUnsupported);
+        let trailing = r#"{"type":"error","error":{"type":"invalid_request_error","message":"messages: final assistant content cannot end with trailing whitespace"}}"#;
+        assert_eq!(kind(400, trailing), BadRequestKind::PrefillUnsupported);
         assert_eq!(kind(422, r#"{"error":"bad field"}"#), BadRequestKind::Invalid);
         assert_eq!(kind(404, "not json"), BadRequestKind::Invalid);
         assert_eq!(kind(413, "{}"), BadRequestKind::Invalid);
