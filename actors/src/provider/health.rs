@@ -280,3 +280,70 @@ impl EndpointHealth {
         u64::try_from(t.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{ActorKind, Registry};
+    use crate::retries::Backoff;
+
+    fn health(registry: &Registry) -> (EndpointHealth, crate::registry::Registration) {
+        let registration = registry.register(ActorKind::Provider, "provider:m", None);
+        let health =
+            EndpointHealth::new("m", ProviderActorConfig::default(), registration.entry().clone());
+        (health, registration)
+    }
+
+    #[test]
+    fn restarts_back_off_then_exhaust_the_budget_until_an_operator_restart() {
+        let registry = Registry::new();
+        let (h, _registration) = health(&registry);
+        let policy = SupervisorConfig {
+            max_restarts: 2,
+            restart_window_ms: 60_000,
+            restart_backoff: Backoff { base_ms: 10, max_ms: 1_000, jitter: 0.0 },
+        };
+        assert!(h.begin_crash("boom"));
+        assert!(!h.begin_crash("again"), "one crash at a time");
+        assert!(!h.admits(Instant::now()));
+        assert_eq!(
+            h.on_restart(&policy, false),
+            RestartDecision::Backoff(Duration::from_millis(10))
+        );
+        assert_eq!(h.state(), ActorState::Restarting);
+        h.resume();
+        assert!(h.admits(Instant::now()));
+        assert_eq!(
+            h.on_restart(&policy, false),
+            RestartDecision::Backoff(Duration::from_millis(20))
+        );
+        assert_eq!(h.on_restart(&policy, false), RestartDecision::Failed);
+        h.resume();
+        assert_eq!(h.state(), ActorState::Failed, "only an operator brings it back");
+        assert_eq!(registry.get("provider:m").unwrap().state(), ActorState::Failed);
+        assert_eq!(h.on_restart(&policy, true), RestartDecision::Resume);
+        assert_eq!(h.state(), ActorState::Running);
+        assert_eq!(h.epoch(), 1, "the crash made queued requests stale");
+    }
+
+    #[test]
+    fn only_failures_that_count_against_health_move_the_breaker() {
+        let registry = Registry::new();
+        let mut config = ProviderActorConfig::default();
+        config.circuit_breaker.consecutive_failures = 1;
+        let registration = registry.register(ActorKind::Provider, "provider:m", None);
+        let h = EndpointHealth::new("m", config, registration.entry().clone());
+        let bad = ProviderError::BadRequest {
+            kind: crate::ports::llm::BadRequestKind::PrefillUnsupported,
+            message: "no".into(),
+        };
+        let a = h.admit(Instant::now()).unwrap();
+        h.record_failure(a, &bad);
+        assert_eq!(h.circuit(), CircuitState::Closed);
+        let a = h.admit(Instant::now()).unwrap();
+        h.record_failure(a, &ProviderError::Server { status: 500 });
+        assert_eq!(h.circuit(), CircuitState::Open);
+        assert_eq!(registration.circuit(), Some(CircuitState::Open));
+        assert!(!h.admits(Instant::now()));
+    }
+}

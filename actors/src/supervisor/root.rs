@@ -163,3 +163,38 @@ impl ProviderTree {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_deserialises_with_defaults_and_rejects_unknown_keys() {
+        let config: ProviderTreeConfig = serde_json::from_value(serde_json::json!({
+            "models": {
+                "gpt-4o": { "provider": "openai", "max_in_flight": 64 },
+                "claude-sonnet": { "provider": "anthropic", "circuit_breaker": { "cooldown_ms": 1000 } }
+            },
+            "router": {
+                "fallbacks": { "gpt-4o": ["claude-sonnet"] },
+                "aliases": { "auto": ["gpt-4o", "claude-sonnet"] },
+                "tenants": { "acme": { "fallbacks": { "gpt-4o": [] } } },
+                "retry_backoff": { "base_ms": 10 }
+            },
+            "supervisor": { "max_restarts": 3 }
+        }))
+        .unwrap();
+        let gpt = &config.models["gpt-4o"];
+        assert_eq!(gpt.max_in_flight, 64);
+        assert!(gpt.prefill, "defaults fill the rest");
+        assert_eq!(config.models["claude-sonnet"].circuit_breaker.cooldown_ms, 1_000);
+        assert_eq!(config.models["claude-sonnet"].circuit_breaker.consecutive_failures, 5);
+        assert_eq!(config.router.retry_backoff.base_ms, 10);
+        assert_eq!(config.router.max_attempts, 4);
+        assert_eq!(config.supervisor.max_restarts, 3);
+
+        let typo = serde_json::json!({ "router": { "max_attempt": 3 } });
+        let err = serde_json::from_value::<ProviderTreeConfig>(typo).unwrap_err();
+        assert!(err.to_string().contains("max_attempt"), "{err}");
+    }
+}
