@@ -504,6 +504,21 @@ async fn a_provider_that_hangs_forever_is_abandoned_and_nothing_hangs() {
 }
 
 #[actix_rt::test]
+async fn a_stream_that_stalls_mid_answer_is_abandoned_and_continued_on_the_fallback() {
+    let p = FakeProvider::new("p").then(Step::HangAfter(3));
+    let f = FakeProvider::new("f");
+    let mut c = config(&[("p", &["f"])]);
+    c.router.idle_timeout_ms = 50;
+    let tree = start(c, &[&p, &f], &["p", "f"]).await;
+    let (events, end) = collect(tree.runner().run_turn(turn("p", "stall"))).await;
+    let summary = end.unwrap();
+    assert_eq!(text(&events), reply_for("stall"));
+    assert_eq!(failovers(&events), vec![("p".into(), "f".into(), "provider_timeout")]);
+    assert_eq!(summary.legs[0].outcome, LegOutcome::Failed { code: "provider_timeout" });
+    assert_eq!(p.open_streams(), 0, "the stalled stream was dropped");
+}
+
+#[actix_rt::test]
 async fn dropping_the_turn_stream_drops_the_provider_stream() {
     let p = FakeProvider::new("p").otherwise(Step::HangAfter(2));
     let tree = start(config(&[]), &[&p], &["p"]).await;
