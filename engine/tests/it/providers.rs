@@ -427,3 +427,55 @@ async fn connect_timeout_is_its_own_phase() {
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     drop((held, listener));
 }
+
+/// Captured log output, for asserting what operators see.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An auth failure is logged at error level for the operator, and no log line (at any level)
+/// carries the key, whatever failed.
+#[tokio::test]
+async fn logs_name_auth_failures_and_never_the_key() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Current-thread test runtime: the thread-local default sees every adapter log line.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let fake = fake();
+    for script in ["error_status=401", "error_status=429", "drop_after=1", "malformed_after=0"] {
+        let provider = provider(&spec(Wire::Anthropic, &fake.base_url(), script));
+        let _ = run_stream(&*provider, request()).await;
+        let provider = provider_for_openai(&fake, script);
+        let _ = provider.complete(request()).await;
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let _ = run_stream(&*provider(&spec(Wire::Openai, &refused, "")), request()).await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("ERROR") && l.contains("rejected our credentials")),
+        "{text}"
+    );
+    assert!(!text.contains("NEVER-SHOWN"), "a log line leaked the key:\n{text}");
+}
+
+fn provider_for_openai(fake: &FakeLlmServer, script: &str) -> Arc<dyn LlmProvider> {
+    provider(&spec(Wire::Openai, &fake.base_url(), script))
+}
