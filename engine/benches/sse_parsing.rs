@@ -10,6 +10,11 @@
 //! Criterion reports throughput in tokens (elements) per second: ns/token = 1e9 / that.
 //!
 //! Run: `cargo bench -p engine --bench sse_parsing`
+//!
+//! Measured on the 2-core development box (other builds running, so ±30%): decode
+//! ~615 ns/token for OpenAI and ~370 ns/token for Anthropic, whichever the delivery; SSE
+//! layer alone ~80 ns/token, against ~520–770 ns/token for `eventsource-stream`. The budget
+//! is 2 µs/token.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use engine::providers::ProviderKind;
