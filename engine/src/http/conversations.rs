@@ -8,15 +8,18 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, delete, get, post, web};
 use actors::events::ConversationEvent;
 use actors::ports::llm::{FinishReason, Role, Usage};
-use actors::ports::store::{ConversationSettings, ListQuery, MessageStatus, StoredMessage};
+use actors::ports::store::{
+    Conversation, ConversationSettings, ListQuery, MessageStatus, StoredMessage,
+};
 use bytes::Bytes;
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::mpsc;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::conversations::{ConversationLink, Principal, api_error};
 use crate::error::ApiError;
+use crate::http::openapi::ErrorSchema;
 use crate::server::AppState;
 
 /// Longest conversation title.
@@ -33,15 +36,25 @@ fn principal() -> Principal {
     Principal::embedded()
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/conversations` body. Every field is optional.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateConversation {
+pub struct CreateConversation {
     model: Option<String>,
     temperature: Option<f32>,
     system_prompt: Option<String>,
     title: Option<String>,
 }
 
+/// Creates a conversation.
+#[utoipa::path(
+    tag = "conversations",
+    request_body = CreateConversation,
+    responses(
+        (status = 201, description = "created", body = ConversationView),
+        (status = 400, description = "unknown model or invalid settings", body = ErrorSchema),
+    )
+)]
 #[post("/api/v1/conversations")]
 async fn create(
     state: web::Data<AppState>,
@@ -90,16 +103,20 @@ async fn create(
         .create_conversation(&who.tenant_id, &who.user_id, settings)
         .await
         .map_err(|e| api_error(e.into()))?;
-    Ok(HttpResponse::Created().json(conversation))
+    Ok(HttpResponse::Created().json(ConversationView::from(conversation)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, 1–100 (default 20).
     limit: Option<usize>,
 }
 
+/// Lists the caller's conversations, newest first.
+#[utoipa::path(tag = "conversations", params(ListParams), responses((status = 200, body = ConversationPageView)))]
 #[get("/api/v1/conversations")]
 async fn list(
     state: web::Data<AppState>,
@@ -118,14 +135,60 @@ async fn list(
         .list_conversations(&who.tenant_id, query)
         .await
         .map_err(|e| api_error(e.into()))?;
-    Ok(HttpResponse::Ok().json(page))
+    Ok(HttpResponse::Ok().json(ConversationPageView {
+        items: page.items.into_iter().map(ConversationView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// A conversation's record as clients see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationView {
+    id: String,
+    owner_id: String,
+    #[schema(value_type = Object)]
+    settings: ConversationSettings,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+    /// The highest event seq persisted; `resume` after it to watch live.
+    last_seq: u64,
+}
+
+impl From<Conversation> for ConversationView {
+    fn from(c: Conversation) -> Self {
+        ConversationView {
+            id: c.id,
+            owner_id: c.owner_id,
+            settings: c.settings,
+            created_at_ms: c.created_at_ms,
+            updated_at_ms: c.updated_at_ms,
+            last_seq: c.last_seq,
+        }
+    }
+}
+
+/// One page of conversations.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationPageView {
+    items: Vec<ConversationView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// A conversation with its history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationWithMessages<'a> {
+    conversation: ConversationView,
+    messages: Vec<MessageView<'a>>,
 }
 
 /// A message as a client reads it in history.
-#[derive(Debug, Serialize)]
-struct MessageView<'a> {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageView<'a> {
     id: &'a str,
+    #[schema(value_type = String, example = "assistant")]
     role: Role,
+    #[schema(value_type = String, example = "complete")]
     status: MessageStatus,
     content: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,8 +198,10 @@ struct MessageView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     model: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     usage: Option<Usage>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     finish_reason: Option<FinishReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cost_micros: Option<u64>,
@@ -165,6 +230,12 @@ impl<'a> From<&'a StoredMessage> for MessageView<'a> {
     }
 }
 
+/// Reads a conversation and its history.
+#[utoipa::path(
+    tag = "conversations",
+    params(("id" = String, Path, description = "conversation id")),
+    responses((status = 200, body = ConversationWithMessages), (status = 404, body = ErrorSchema))
+)]
 #[get("/api/v1/conversations/{id}")]
 async fn read(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let who = principal();
@@ -175,10 +246,16 @@ async fn read(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpR
         .await
         .map_err(|e| api_error(e.into()))?;
     let messages: Vec<MessageView<'_>> = loaded.messages.iter().map(MessageView::from).collect();
-    Ok(HttpResponse::Ok()
-        .json(json!({ "conversation": loaded.conversation, "messages": messages })))
+    let conversation = ConversationView::from(loaded.conversation.clone());
+    Ok(HttpResponse::Ok().json(ConversationWithMessages { conversation, messages }))
 }
 
+/// Deletes a conversation and its messages.
+#[utoipa::path(
+    tag = "conversations",
+    params(("id" = String, Path, description = "conversation id")),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorSchema))
+)]
 #[delete("/api/v1/conversations/{id}")]
 async fn remove(
     state: web::Data<AppState>,
@@ -194,15 +271,45 @@ async fn remove(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/conversations/{id}/messages` body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PostMessage {
+pub struct PostMessage {
     content: String,
     client_id: Option<String>,
     #[serde(default)]
     stream: bool,
 }
 
+/// A whole reply, for `"stream": false`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplyView {
+    message_id: String,
+    reply_to: String,
+    content: String,
+    model: String,
+    #[schema(value_type = Object)]
+    usage: Usage,
+    #[schema(value_type = String)]
+    finish_reason: FinishReason,
+    cost_micros: Option<u64>,
+    seq: u64,
+}
+
+/// Posts a user message. With `"stream": true` the answer is `text/event-stream` carrying
+/// the same events as the WebSocket (`event: <type>`, `data: <json>`), ending with the
+/// turn's `done` or `error`; otherwise the whole reply.
+#[utoipa::path(
+    tag = "conversations",
+    params(("id" = String, Path, description = "conversation id")),
+    request_body = PostMessage,
+    responses(
+        (status = 200, description = "the reply (JSON), or its events (text/event-stream)", body = ReplyView),
+        (status = 400, body = ErrorSchema),
+        (status = 404, body = ErrorSchema),
+        (status = 502, description = "no model could answer", body = ErrorSchema),
+    )
+)]
 #[post("/api/v1/conversations/{id}/messages")]
 async fn post_message(
     state: web::Data<AppState>,
@@ -235,16 +342,16 @@ async fn post_message(
             content: body.content,
         };
         let turn = link.handle().complete(message).await.map_err(api_error)?;
-        return Ok(HttpResponse::Ok().json(json!({
-            "message_id": turn.message_id,
-            "reply_to": turn.user_message_id,
-            "content": turn.text,
-            "model": turn.model,
-            "usage": turn.usage,
-            "finish_reason": turn.finish_reason,
-            "cost_micros": turn.cost_micros,
-            "seq": turn.seq,
-        })));
+        return Ok(HttpResponse::Ok().json(ReplyView {
+            message_id: turn.message_id,
+            reply_to: turn.user_message_id,
+            content: turn.text,
+            model: turn.model,
+            usage: turn.usage,
+            finish_reason: turn.finish_reason,
+            cost_micros: turn.cost_micros,
+            seq: turn.seq,
+        }));
     }
     // Listen before posting so the ack and every delta of this turn are seen.
     let (events, _) = link.subscribe(None).await?;

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod conversations;
 pub mod health;
+pub mod openapi;
 pub mod ws;
 
 use actix_web::web;
@@ -13,5 +14,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(health::routes)
         .configure(admin::routes)
         .configure(conversations::routes)
+        .configure(openapi::routes)
         .configure(ws::routes);
 }
