@@ -164,14 +164,14 @@ impl FakeProvider {
         if let Some(step) = lock(&self.inner.script).pop_front() {
             return step;
         }
-        if let Some((rate, rng)) = lock(&self.inner.random).as_mut() {
-            if rng.random_bool(rate.clamp(0.0, 1.0)) {
-                return if rng.random_bool(0.5) {
-                    Step::Fail(ProviderError::Server { status: 503 })
-                } else {
-                    Step::BreakAfter(rng.random_range(1..6))
-                };
-            }
+        if let Some((rate, rng)) = lock(&self.inner.random).as_mut()
+            && rng.random_bool(rate.clamp(0.0, 1.0))
+        {
+            return if rng.random_bool(0.5) {
+                Step::Fail(ProviderError::Server { status: 503 })
+            } else {
+                Step::BreakAfter(rng.random_range(1..6))
+            };
         }
         lock(&self.inner.default).clone()
     }

@@ -90,10 +90,10 @@ impl GuardedStream {
 
     /// Drops the provider's stream; its destructor is provider code too, so it may panic.
     fn drop_inner(&mut self) {
-        if let Some(inner) = self.inner.take() {
-            if catch_unwind(AssertUnwindSafe(move || drop(inner))).is_err() {
-                self.crash();
-            }
+        if let Some(inner) = self.inner.take()
+            && catch_unwind(AssertUnwindSafe(move || drop(inner))).is_err()
+        {
+            self.crash();
         }
     }
 

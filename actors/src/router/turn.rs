@@ -272,14 +272,14 @@ impl Turn {
             };
 
             self.attempts += 1;
-            if let Some((from, reason)) = self.failed_from.take() {
-                if from != index {
-                    self.pending.push_back(TurnEvent::Failover {
-                        from: router.endpoints[from].health.model().to_owned(),
-                        to: health.model().to_owned(),
-                        reason,
-                    });
-                }
+            if let Some((from, reason)) = self.failed_from.take()
+                && from != index
+            {
+                self.pending.push_back(TurnEvent::Failover {
+                    from: router.endpoints[from].health.model().to_owned(),
+                    to: health.model().to_owned(),
+                    reason,
+                });
             }
             if self.request.continuation == ContinuationMode::Restart && !self.delivered.is_empty()
             {

@@ -244,14 +244,14 @@ fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
     let ends_with_assistant =
         messages.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant");
 
-    if let Some(n) = obj.get("n").filter(|n| !n.is_null()) {
-        if n.as_u64() != Some(1) {
-            return Err(ApiError::invalid(
-                "fake-llm supports only n=1.",
-                Some("n"),
-                Some("invalid_value"),
-            ));
-        }
+    if let Some(n) = obj.get("n").filter(|n| !n.is_null())
+        && n.as_u64() != Some(1)
+    {
+        return Err(ApiError::invalid(
+            "fake-llm supports only n=1.",
+            Some("n"),
+            Some("invalid_value"),
+        ));
     }
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let stream_options = obj.get("stream_options").filter(|v| !v.is_null());

@@ -88,12 +88,12 @@ impl Scenario {
                 "tokens" => s.tokens = num(&key, val)?,
                 "error_status" => {
                     s.error_status = opt(&key, val, num::<u16>)?;
-                    if let Some(code) = s.error_status {
-                        if !(400..=599).contains(&code) {
-                            return Err(format!(
-                                "invalid x-fake-llm knob `error_status`: expected an HTTP error status 400-599, got `{code}`"
-                            ));
-                        }
+                    if let Some(code) = s.error_status
+                        && !(400..=599).contains(&code)
+                    {
+                        return Err(format!(
+                            "invalid x-fake-llm knob `error_status`: expected an HTTP error status 400-599, got `{code}`"
+                        ));
                     }
                 }
                 "retry_after" => s.retry_after = opt(&key, val, num)?,
