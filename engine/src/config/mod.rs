@@ -315,10 +315,11 @@ impl Config {
                 bail!("routing.aliases.{alias}: unknown model `{unknown}`");
             }
         }
-        if let Some(default) = &self.routing.default_model {
-            if !names.contains(default.as_str()) && !self.routing.aliases.contains_key(default) {
-                bail!("routing.default_model: unknown model `{default}`");
-            }
+        if let Some(default) = &self.routing.default_model
+            && !names.contains(default.as_str())
+            && !self.routing.aliases.contains_key(default)
+        {
+            bail!("routing.default_model: unknown model `{default}`");
         }
         if self.models.is_empty() {
             bail!("models: at least one model must be configured");

@@ -71,13 +71,13 @@ async fn create(
             format!("unknown model `{model}`; GET /v1/models lists them"),
         ));
     }
-    if let Some(t) = body.temperature {
-        if !(0.0..=2.0).contains(&t) || t.is_nan() {
-            return Err(ApiError::bad_request(
-                "invalid_temperature",
-                "temperature must be between 0 and 2",
-            ));
-        }
+    if let Some(t) = body.temperature
+        && (!(0.0..=2.0).contains(&t) || t.is_nan())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_temperature",
+            "temperature must be between 0 and 2",
+        ));
     }
     if body.system_prompt.as_ref().is_some_and(|p| p.len() > config.limits.max_message_bytes) {
         let message =

@@ -72,12 +72,12 @@ pub fn parse_client_frame(text: &str, max_frame_bytes: usize) -> Result<ClientFr
         // serde_json's messages name the field and position but never echo the payload.
         FrameError::Invalid(format!("not a valid frame: {e}"))
     })?;
-    if let ClientFrame::UserMessage { client_id: Some(id), .. } = &frame {
-        if id.len() > MAX_CLIENT_ID_BYTES {
-            return Err(FrameError::Invalid(format!(
-                "client_id is limited to {MAX_CLIENT_ID_BYTES} bytes"
-            )));
-        }
+    if let ClientFrame::UserMessage { client_id: Some(id), .. } = &frame
+        && id.len() > MAX_CLIENT_ID_BYTES
+    {
+        return Err(FrameError::Invalid(format!(
+            "client_id is limited to {MAX_CLIENT_ID_BYTES} bytes"
+        )));
     }
     Ok(frame)
 }
