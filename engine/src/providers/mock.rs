@@ -106,11 +106,11 @@ fn plan(model: &str, request: &GenerationRequest) -> (Vec<String>, FinishReason)
         finish = FinishReason::StopSequence;
     }
     let mut pieces = pieces(&text);
-    if let Some(max) = request.max_tokens {
-        if pieces.len() > max as usize {
-            pieces.truncate(max as usize);
-            finish = FinishReason::Length;
-        }
+    if let Some(max) = request.max_tokens
+        && pieces.len() > max as usize
+    {
+        pieces.truncate(max as usize);
+        finish = FinishReason::Length;
     }
     (pieces, finish)
 }
