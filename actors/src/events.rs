@@ -27,8 +27,9 @@ pub enum CacheStatus {
     Semantic,
 }
 
-/// One server → client event of a conversation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One server → client event of a conversation. Deserialize too: the engine relays events
+/// between nodes as this JSON (cross-node fan-out through Redis).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ConversationEvent {
     /// A user message is durably stored and queued for its turn.
