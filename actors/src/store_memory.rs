@@ -182,6 +182,7 @@ impl ConversationStore for InMemoryConversationStore {
                 created_at_ms: now,
                 updated_at_ms: now,
                 last_seq: 0,
+                seq_reserved: 0,
             };
             let tenant = self.tenant(tenant_id);
             tenant.lock().unwrap_or_else(PoisonError::into_inner).conversations.insert(
@@ -344,6 +345,19 @@ impl ConversationStore for InMemoryConversationStore {
             message.last_seq = seq;
             c.bump(seq);
             Ok(())
+        }))
+    }
+
+    fn reserve_seqs(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        up_to: u64,
+    ) -> StoreFuture<u64> {
+        done(self.with_conversation(tenant_id, conversation_id, |c| {
+            let reserved = &mut c.conversation.seq_reserved;
+            *reserved = (*reserved).max(up_to);
+            Ok(*reserved)
         }))
     }
 

@@ -6,7 +6,12 @@
 //!   queued; the queue feeds turns in order.
 //! * **Seq.** Every broadcast event takes the next seq; the store persists enough to replay
 //!   them exactly (see [`crate::ports::store`]), so a rebuilt actor continues from the
-//!   stored last seq.
+//!   stored last seq. Reply events (broadcast before they are checkpointed) only use seqs
+//!   reserved durably beforehand, in blocks of `seq_reserve_block`: a reply's record and a
+//!   first reservation are written before the turn's first event (under `ctx.wait`), the
+//!   next block is requested when half is used, and an exhausted reservation holds the
+//!   actor until more is durable. After a crash the reply is closed as `interrupted` *after*
+//!   the reservation, so the seqs of events lost with the crash are never reused.
 //! * **Subscribers** get a bounded channel of `Arc<ConversationEvent>` fed with `try_send`;
 //!   a full one is dropped so a slow client never slows the others (it resumes later).
 //! * **Resume.** `Subscribe { after_seq }` replays from the [`ReplayBuffer`] when it still
@@ -124,6 +129,12 @@ pub(crate) async fn recover(
     let loaded = store.load(tenant_id, conversation_id, deps.config.load_messages).await?;
     let mut conversation = loaded.conversation;
     let mut messages = loaded.messages;
+    // A reply still `streaming` means the actor died mid-turn and may have emitted events up
+    // to its reservation that never reached the store: continue after the reservation so
+    // none of their seqs is reused. With no such reply every emitted event was persisted.
+    if messages.iter().any(|m| m.status == MessageStatus::Streaming) {
+        conversation.last_seq = conversation.last_seq.max(conversation.seq_reserved);
+    }
     for message in messages.iter_mut().filter(|m| m.status == MessageStatus::Streaming) {
         let seq = conversation.last_seq + 1;
         store.mark_interrupted(tenant_id, conversation_id, &message.id, seq).await?;
@@ -137,7 +148,9 @@ pub(crate) async fn recover(
     let last_reply_start = replies.iter().map(|m| m.first_seq).max().unwrap_or(0);
     let pending: Vec<QueuedTurn> = messages
         .iter()
-        .filter(|m| m.role == Role::User && m.first_seq > last_reply_start)
+        // `>=`: a reply's record takes the seq after the last one at its start, so a user
+        // message acked before the reply's first event can share its `first_seq`.
+        .filter(|m| m.role == Role::User && m.first_seq >= last_reply_start)
         .filter(|m| !replies.iter().any(|r| r.reply_to.as_deref() == Some(m.id.as_str())))
         .map(|m| QueuedTurn { message_id: m.id.clone(), content: m.text.clone() })
         .collect();
@@ -259,6 +272,10 @@ pub struct ConversationActor {
     permit: Option<TurnPermit>,
     writes: WriteQueue,
     last_active: Instant,
+    /// The durable seq reservation: reply events never take a seq above it.
+    reserved: u64,
+    /// A background extension of the reservation is in flight.
+    reserving: bool,
 }
 
 impl ConversationActor {
@@ -290,7 +307,8 @@ impl ConversationActor {
         let mailbox_capacity = config.mailbox_capacity;
         let conversation_id = conversation.id.clone();
         let owner_id = conversation.owner_id.clone();
-        let actor = ConversationActor {
+        let reserved = conversation.seq_reserved;
+        let mut actor = ConversationActor {
             replay: ReplayBuffer::new(config.replay_buffer),
             last_seq: conversation.last_seq,
             deps: deps.clone(),
@@ -310,7 +328,10 @@ impl ConversationActor {
             permit: None,
             writes: WriteQueue::default(),
             last_active: Instant::now(),
+            reserved: 0,
+            reserving: false,
         };
+        actor.reserved = reserved;
         let addr = actor.start();
         let handle =
             ConversationHandle::new(addr, entry, mailbox_capacity, &conversation_id, &owner_id);
@@ -434,8 +455,10 @@ impl ConversationActor {
             backstop,
             message_id: uuid::Uuid::now_v7().to_string(),
             reply_to: next.message_id,
-            first_seq: None,
-            last_seq: 0,
+            // Provisional: the record is created before any event, and acks that come first
+            // become foreign seqs inside the reply's range (replay skips them).
+            first_seq: Some(self.last_seq + 1),
+            last_seq: self.last_seq,
             streamed: 0,
             deltas: 0,
             visible: String::new(),
@@ -444,6 +467,83 @@ impl ConversationActor {
             last_checkpoint: Instant::now(),
         });
         self.set_busy(true);
+        self.begin_reply(ctx);
+    }
+
+    /// The reservation to request now, if the current one is half used (or less is left).
+    fn reservation_target(&self) -> Option<u64> {
+        let block = self.deps.config.seq_reserve_block.max(2);
+        (self.reserved <= self.last_seq + block / 2).then_some(self.last_seq + block)
+    }
+
+    /// Persists the reply's (empty, `streaming`) record and, if needed, a seq reservation
+    /// before the turn's first event. The actor waits for it, so recovery always finds a
+    /// reply cut by a crash — even one that had not checkpointed yet — and its reservation.
+    fn begin_reply(&mut self, ctx: &mut Context<Self>) {
+        let Some(turn) = self.current.as_ref() else { return };
+        let store = self.deps.store.clone();
+        let (tenant, id) = (self.tenant_id.clone(), self.conversation.id.clone());
+        let progress = AssistantProgress {
+            message_id: turn.message_id.clone(),
+            reply_to: turn.reply_to.clone(),
+            requested_model: self.conversation.settings.model.clone(),
+            first_seq: self.last_seq + 1,
+            last_seq: self.last_seq,
+            chunk: StreamChunk::default(),
+        };
+        let reserve_to = self.reservation_target();
+        let turn_id = turn.turn;
+        let write = async move {
+            store.checkpoint_assistant(&tenant, &id, progress).await?;
+            match reserve_to {
+                Some(up_to) => store.reserve_seqs(&tenant, &id, up_to).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        ctx.wait(write.into_actor(self).map(move |result, act, ctx| match result {
+            Ok(reserved) => act.reserved = act.reserved.max(reserved.unwrap_or(0)),
+            Err(error) => act.reservation_failed(ctx, turn_id, error),
+        }));
+    }
+
+    /// Keeps the reservation ahead of the running reply: a background extension when half
+    /// of the block is used; when it is used up, the actor waits for the extension before
+    /// anything else can take a seq.
+    fn reserve_ahead(&mut self, ctx: &mut Context<Self>) {
+        let Some(up_to) = self.reservation_target() else { return };
+        let Some(turn_id) = self.current.as_ref().map(|t| t.turn) else { return };
+        let write = self.deps.store.reserve_seqs(&self.tenant_id, &self.conversation.id, up_to);
+        if self.last_seq >= self.reserved {
+            ctx.wait(write.into_actor(self).map(move |result, act, ctx| match result {
+                Ok(reserved) => act.reserved = act.reserved.max(reserved),
+                Err(error) => act.reservation_failed(ctx, turn_id, error),
+            }));
+        } else if !self.reserving {
+            self.reserving = true;
+            ctx.spawn(write.into_actor(self).map(|result, act, _ctx| {
+                act.reserving = false;
+                match result {
+                    Ok(reserved) => act.reserved = act.reserved.max(reserved),
+                    Err(error) => tracing::warn!(
+                        conversation_id = %act.conversation.id, %error,
+                        "could not extend the seq reservation yet"
+                    ),
+                }
+            }));
+        }
+    }
+
+    /// Without a durable record and reservation a reply may not stream: fail the turn
+    /// (its terminal event is the one event that goes out unreserved; it is logged).
+    fn reservation_failed(&mut self, ctx: &mut Context<Self>, turn_id: u64, error: StoreError) {
+        tracing::error!(
+            conversation_id = %self.conversation.id, %error,
+            "the store refused a reply's record or seq reservation; failing the turn"
+        );
+        if self.current.as_ref().is_some_and(|t| t.turn == turn_id) {
+            let e = super::ConversationError::Unavailable;
+            self.end_turn(ctx, Ending::Failed { code: e.code().into(), message: e.to_string() });
+        }
     }
 
     /// A delta, failover or retraction of the running turn.
@@ -489,6 +589,7 @@ impl ConversationActor {
             self.checkpoint(ctx);
         }
         self.broadcast(event);
+        self.reserve_ahead(ctx);
     }
 
     /// Hands the running reply's unsaved part to the writer.
@@ -629,6 +730,29 @@ impl ConversationActor {
         ctx.run_later(backoff, |act, ctx| act.pump_writes(ctx));
     }
 
+    /// A running reply that has written nothing for `checkpoint_heartbeat` gets an empty
+    /// checkpoint: it refreshes the record's write time, which the store's crash sweep uses
+    /// to tell a slow live turn (waiting on a first token) from one whose node died.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let heartbeat = self.deps.config.checkpoint_heartbeat;
+        let Some(turn) = self.current.as_mut() else { return };
+        if turn.unsaved_from.is_some() || turn.last_checkpoint.elapsed() < heartbeat {
+            return;
+        }
+        let Some(first_seq) = turn.first_seq else { return };
+        turn.last_checkpoint = Instant::now();
+        let progress = AssistantProgress {
+            message_id: turn.message_id.clone(),
+            reply_to: turn.reply_to.clone(),
+            requested_model: self.conversation.settings.model.clone(),
+            first_seq,
+            last_seq: turn.last_seq,
+            chunk: StreamChunk::default(),
+        };
+        self.writes.push(PendingWrite { from_seq: turn.last_seq + 1, progress, outcome: None });
+        self.pump_writes(ctx);
+    }
+
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
         // A reply that stalled mid-stream still gets its unsaved text checkpointed.
         let stale = self.current.as_ref().is_some_and(|t| {
@@ -638,6 +762,7 @@ impl ConversationActor {
         if stale {
             self.checkpoint(ctx);
         }
+        self.heartbeat(ctx);
         self.subscribers.retain(|s| !s.tx.is_closed());
         if !self.subscribers.is_empty() {
             self.last_active = Instant::now();
@@ -652,6 +777,22 @@ impl ConversationActor {
             ctx.stop();
         }
     }
+}
+
+/// Whether `events` are exactly the conversation's events after `after_seq` up to
+/// `last_seq`: consecutive seqs, except the one honest jump a crash leaves — the seqs
+/// reserved for events lost with it, skipped right before the reply's `interrupted` event.
+fn is_gap_free(events: &[Arc<ConversationEvent>], after_seq: u64, last_seq: u64) -> bool {
+    let mut want = after_seq + 1;
+    for event in events {
+        match event.seq() {
+            Some(seq) if seq == want => {}
+            Some(seq) if seq > want && matches!(**event, ConversationEvent::Interrupted { .. }) => {}
+            _ => return false,
+        }
+        want = event.seq().unwrap_or(want) + 1;
+    }
+    want == last_seq + 1
 }
 
 fn failure(
@@ -767,8 +908,7 @@ impl Handler<Subscribe> for ConversationActor {
                 .map(Arc::new)
                 .collect();
             replay.extend(act.replay.after(after_seq).cloned());
-            let gap_free = replay.iter().zip(after_seq + 1..).all(|(e, want)| e.seq() == Some(want))
-                && replay.len() as u64 == act.last_seq - after_seq;
+            let gap_free = is_gap_free(&replay, after_seq, act.last_seq);
             act.evict();
             if !gap_free {
                 tracing::warn!(conversation_id = %act.conversation.id, after_seq, "resume would have a gap");

@@ -90,6 +90,12 @@ pub struct ConversationConfig {
     /// Attempts for an assistant write before it is logged and dropped.
     pub write_attempts: u32,
     pub write_retry_backoff: Duration,
+    /// Seqs reserved durably per store write (see `ports::store`, "Seq reservation"); a new
+    /// block is requested when half of the current one is used.
+    pub seq_reserve_block: u64,
+    /// A reply that streams nothing for this long is still checkpointed (empty), so the
+    /// store's crash sweep can tell a slow live turn from a dead one.
+    pub checkpoint_heartbeat: Duration,
 }
 
 impl Default for ConversationConfig {
@@ -111,6 +117,8 @@ impl Default for ConversationConfig {
             continuation: ContinuationMode::Continue,
             write_attempts: 5,
             write_retry_backoff: Duration::from_millis(200),
+            seq_reserve_block: 256,
+            checkpoint_heartbeat: Duration::from_secs(10),
         }
     }
 }

@@ -24,6 +24,17 @@
 //! implementation (the in-memory one here, PostgreSQL in the engine) replays identically.
 //! The shapes are SQL-friendly: scalar columns, an `int4[]`, and a small JSON column for the
 //! switches; writes are appends (`text = text || $1`, `delta_ends = delta_ends || $2`).
+//!
+//! ## Seq reservation
+//!
+//! A streaming reply's events are broadcast before they are persisted (checkpoints are
+//! batched), so a crash loses the events after the last checkpoint. Their seqs must never be
+//! handed out again: a client that saw them would resume after a seq the conversation later
+//! reuses and silently miss the new events. So the actor reserves seqs durably in blocks
+//! ([`ConversationStore::reserve_seqs`], kept as [`Conversation::seq_reserved`]) and never
+//! emits a reply event past its reservation. Recovery closes a reply left `streaming` with
+//! its `interrupted` event *after* the reservation: the jump before it is the honest trace
+//! of the lost events, and a resume from any seq up to the reservation is served.
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -78,6 +89,9 @@ pub struct Conversation {
     pub updated_at_ms: u64,
     /// The highest `seq` persisted for this conversation (0: no event yet).
     pub last_seq: u64,
+    /// The highest seq an actor may have emitted without persisting it yet (see the module
+    /// docs); `>= last_seq` once a reply has started.
+    pub seq_reserved: u64,
 }
 
 /// A page request for [`ConversationStore::list_conversations`]: newest first.
@@ -455,6 +469,12 @@ pub trait ConversationStore: Send + Sync + 'static {
         message_id: &str,
         seq: u64,
     ) -> StoreFuture<()>;
+
+    /// Raises the conversation's seq reservation to at least `up_to` (never lowers it) and
+    /// returns the reservation now stored. The actor emits reply events only up to a
+    /// reservation this call has made durable.
+    fn reserve_seqs(&self, tenant_id: &str, conversation_id: &str, up_to: u64)
+    -> StoreFuture<u64>;
 
     /// Every persisted event with `seq > after_seq`, in order (see [`replay_messages`]).
     fn events_after(
