@@ -332,3 +332,59 @@ async fn the_openapi_document_matches_the_routes() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_the_heartbeat_timeout() {
+    let limits = "[limits]\nws_heartbeat_secs = 1\nws_client_timeout_secs = 2";
+    let app = spawn_app_with("", Scenario::default(), limits);
+    let id = app.create_conversation(json!({})).await;
+    let mut ws = app.ws_connect(&id).await;
+    // Not reading means not answering pings either.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // The server has given up on us: either its close frame (1001) is waiting, or the socket
+    // is already gone (our automatic pong then hits a closed pipe). A live socket would
+    // keep sending pings and this loop would time out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut ws)).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                let code: u16 = frame.expect("a close reason").code.into();
+                assert_eq!(code, 1001);
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_)) | None) => break,
+            Err(_) => panic!("the silent client was not dropped"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn cancel_stops_the_upstream_request() {
+    let app =
+        spawn_app_with("", Scenario { tokens: 500, token_delay_ms: 10, ..Scenario::default() }, "");
+    let id = app.create_conversation(json!({})).await;
+    let mut ws = app.ws_connect(&id).await;
+    send(&mut ws, json!({"type": "user_message", "content": "go on and on"})).await;
+    let mut deltas = 0;
+    while deltas < 3 {
+        deltas += usize::from(recv(&mut ws).await["type"] == "delta");
+    }
+    send(&mut ws, json!({"type": "cancel"})).await;
+    let frames = recv_turn(&mut ws).await;
+    let end = frames.last().unwrap();
+    assert_eq!((end["type"].as_str(), end["code"].as_str()), (Some("error"), Some("cancelled")));
+    let mut disconnects = 0;
+    for _ in 0..100 {
+        disconnects = app.fake.stats().client_disconnects;
+        if disconnects >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(disconnects, 1, "fake-llm sees the upstream connection closed");
+    // The conversation takes the next message.
+    send(&mut ws, json!({"type": "user_message", "content": "short one"})).await;
+    let next = recv_turn(&mut ws).await;
+    assert_eq!(next.last().unwrap()["type"], "done");
+}

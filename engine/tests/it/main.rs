@@ -8,3 +8,4 @@
 mod app;
 mod edges;
 mod providers;
+mod shutdown;
