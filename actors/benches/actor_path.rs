@@ -36,6 +36,7 @@ fn turn() -> TurnRequest {
         request: request(),
         deadline: tokio::time::Instant::now() + Duration::from_secs(10),
         continuation: ContinuationMode::Continue,
+        cache: actors::turn::CacheMode::Use,
     }
 }
 

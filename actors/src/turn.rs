@@ -12,6 +12,7 @@ use futures_util::Stream;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::events::CacheStatus;
 use crate::ports::llm::{FinishReason, GenerationRequest, ProviderError, Usage};
 
 /// What to do with text already delivered when a stream breaks mid-answer.
@@ -25,6 +26,17 @@ pub enum ContinuationMode {
     Restart,
 }
 
+/// Whether a turn may be answered from (and stored into) the response cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMode {
+    /// Look the turn up and store its answer, as the tenant's cache settings allow.
+    #[default]
+    Use,
+    /// The client opted out (`"cache": false`): neither read nor store.
+    Bypass,
+}
+
 /// One turn to run.
 #[derive(Debug, Clone)]
 pub struct TurnRequest {
@@ -36,6 +48,8 @@ pub struct TurnRequest {
     /// The whole turn, every fallback included, must end by then.
     pub deadline: Instant,
     pub continuation: ContinuationMode,
+    /// The client's cache opt-out; runners without a cache ignore it.
+    pub cache: CacheMode,
 }
 
 /// How one attempt on one model ended.
@@ -68,6 +82,9 @@ pub struct TurnSummary {
     /// Sum over all legs.
     pub usage: Usage,
     pub legs: Vec<Leg>,
+    /// `Miss` for a live answer; `Exact`/`Semantic` when the cache answered (no legs, zero
+    /// usage: nothing was spent upstream).
+    pub cache: CacheStatus,
 }
 
 /// One item of a running turn.

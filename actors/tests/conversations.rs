@@ -90,6 +90,7 @@ fn summary() -> TurnSummary {
         finish_reason: FinishReason::Stop,
         usage: Usage { input_tokens: 7, output_tokens: 3 },
         legs: Vec::new(),
+        cache: actors::events::CacheStatus::Miss,
     }
 }
 
@@ -204,6 +205,7 @@ fn post(content: &str) -> PostUserMessage {
         user_id: "alice".into(),
         client_id: Some(format!("c-{content}")),
         content: content.into(),
+        cache: actors::turn::CacheMode::Use,
     }
 }
 

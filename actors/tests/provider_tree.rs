@@ -82,6 +82,7 @@ fn turn_with(model: &str, prompt: &str, deadline: Duration, mode: ContinuationMo
         },
         deadline: Instant::now() + deadline,
         continuation: mode,
+        cache: actors::turn::CacheMode::Use,
     }
 }
 

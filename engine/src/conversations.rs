@@ -11,6 +11,7 @@ use actix_web::http::StatusCode;
 use actors::conversation::{ConversationError, ConversationHandle, PostUserMessage, Posted};
 use actors::events::ConversationEvent;
 use actors::tenant::Conversations;
+use actors::turn::CacheMode;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -27,6 +28,11 @@ impl Principal {
     pub fn embedded() -> Self {
         Principal { tenant_id: "default".into(), user_id: "anonymous".into() }
     }
+}
+
+/// The wire's `"cache": true|false` as the turn's cache mode.
+pub fn cache_mode(use_cache: bool) -> CacheMode {
+    if use_cache { CacheMode::Use } else { CacheMode::Bypass }
 }
 
 /// Maps a conversation failure to what the client sees.
@@ -138,8 +144,18 @@ impl ConversationLink {
         client_id: Option<String>,
         content: String,
     ) -> Result<Posted, ApiError> {
-        let message =
-            PostUserMessage { user_id: self.principal.user_id.clone(), client_id, content };
+        self.post_with(client_id, content, CacheMode::Use).await
+    }
+
+    /// [`Self::post`] with the client's cache choice (`"cache": false` → bypass).
+    pub async fn post_with(
+        &mut self,
+        client_id: Option<String>,
+        content: String,
+        cache: CacheMode,
+    ) -> Result<Posted, ApiError> {
+        let user_id = self.principal.user_id.clone();
+        let message = PostUserMessage { user_id, client_id, content, cache };
         match self.handle.post(message.clone()).await {
             Err(ConversationError::Stopped) => {
                 self.reopen().await?;

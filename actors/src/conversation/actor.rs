@@ -46,7 +46,7 @@ use crate::ports::store::{
 };
 use crate::registry::{ActorKind, ActorState, Registration};
 use crate::tenant::gate::{TenantGate, TurnPermit};
-use crate::turn::{TurnError, TurnEvent, TurnRequest, TurnSummary};
+use crate::turn::{CacheMode, TurnError, TurnEvent, TurnRequest, TurnSummary};
 
 /// Tells the tenant that a conversation actor stopped, so it forgets that instance.
 #[derive(Message)]
@@ -89,6 +89,8 @@ pub struct PostUserMessage {
     /// The client's own id for the message, echoed in the `ack`.
     pub client_id: Option<String>,
     pub content: String,
+    /// The client's cache opt-out for this message's turn.
+    pub cache: CacheMode,
 }
 
 /// A user message durably stored and acknowledged.
@@ -152,7 +154,11 @@ pub(crate) async fn recover(
         // message acked before the reply's first event can share its `first_seq`.
         .filter(|m| m.role == Role::User && m.first_seq >= last_reply_start)
         .filter(|m| !replies.iter().any(|r| r.reply_to.as_deref() == Some(m.id.as_str())))
-        .map(|m| QueuedTurn { message_id: m.id.clone(), content: m.text.clone() })
+        .map(|m| QueuedTurn {
+            message_id: m.id.clone(),
+            content: m.text.clone(),
+            cache: CacheMode::Use,
+        })
         .collect();
     if !pending.is_empty() {
         tracing::info!(conversation_id, queued = pending.len(), "re-running unanswered messages");
@@ -171,6 +177,7 @@ struct Subscriber {
 struct QueuedTurn {
     message_id: String,
     content: String,
+    cache: CacheMode,
 }
 
 /// One item of the running turn's stream, tagged so a late item of an ended turn is ignored.
@@ -428,6 +435,7 @@ impl ConversationActor {
             },
             deadline: tokio::time::Instant::now() + config.turn_timeout,
             continuation: config.continuation,
+            cache: next.cache,
         };
         let turn = self.next_turn;
         self.next_turn += 1;
@@ -634,7 +642,7 @@ impl ConversationActor {
                     finish_reason: Some(summary.finish_reason),
                     error: None,
                     cost_micros: None,
-                    cache: CacheStatus::Miss,
+                    cache: summary.cache,
                 };
                 let event = ConversationEvent::Done {
                     seq,
@@ -644,7 +652,7 @@ impl ConversationActor {
                     usage: summary.usage,
                     finish_reason: summary.finish_reason,
                     cost_micros: None,
-                    cache: CacheStatus::Miss,
+                    cache: summary.cache,
                 };
                 (event, outcome)
             }
@@ -964,8 +972,11 @@ impl Handler<PostUserMessage> for ConversationActor {
                 if let Some(turn) = act.current.as_mut().filter(|t| t.first_seq.is_some()) {
                     turn.unsaved.foreign_seqs.push(seq);
                 }
-                act.pending
-                    .push_back(QueuedTurn { message_id: message_id.clone(), content: msg.content });
+                act.pending.push_back(QueuedTurn {
+                    message_id: message_id.clone(),
+                    content: msg.content,
+                    cache: msg.cache,
+                });
                 act.broadcast(ConversationEvent::Ack {
                     client_id: msg.client_id,
                     message_id: message_id.clone(),

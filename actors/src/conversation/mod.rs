@@ -27,7 +27,7 @@
 //!    `Some(n)` = every event with `seq > n` (from memory or the store) then live, no gap, no
 //!    duplicate. Read `subscription.receiver`; when it closes (the subscriber fell too far
 //!    behind, or the actor stopped) resubscribe with the last seq seen.
-//! 3. `handle.post(PostUserMessage { user_id, client_id, content }).await -> Result<Posted
+//! 3. `handle.post(PostUserMessage { user_id, client_id, content, cache }).await -> Result<Posted
 //!    { message_id, seq }, _>`: returns once the message is durable; the `ack` event is
 //!    broadcast to subscribers too.
 //! 4. `handle.cancel().await`: cancels the running turn. A cancelled turn ends with an

@@ -371,6 +371,7 @@ impl Turn {
             finish_reason: completion.finish_reason,
             usage,
             legs: std::mem::take(&mut self.legs),
+            cache: crate::events::CacheStatus::Miss,
         };
         self.finish();
         summary

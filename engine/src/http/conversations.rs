@@ -279,6 +279,9 @@ pub struct PostMessage {
     client_id: Option<String>,
     #[serde(default)]
     stream: bool,
+    /// `false` opts this message out of the response cache (neither read nor stored).
+    #[serde(default)]
+    cache: Option<bool>,
 }
 
 /// A whole reply, for `"stream": false`.
@@ -340,6 +343,7 @@ async fn post_message(
             user_id: principal().user_id,
             client_id: body.client_id,
             content: body.content,
+            cache: crate::conversations::cache_mode(body.cache.unwrap_or(true)),
         };
         let turn = link.handle().complete(message).await.map_err(api_error)?;
         return Ok(HttpResponse::Ok().json(ReplyView {
@@ -355,7 +359,8 @@ async fn post_message(
     }
     // Listen before posting so the ack and every delta of this turn are seen.
     let (events, _) = link.subscribe(None).await?;
-    let posted = link.post(body.client_id, body.content).await?;
+    let cache = crate::conversations::cache_mode(body.cache.unwrap_or(true));
+    let posted = link.post_with(body.client_id, body.content, cache).await?;
     Ok(HttpResponse::build(StatusCode::OK)
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))

@@ -21,6 +21,9 @@ pub enum ClientFrame {
         #[serde(default)]
         client_id: Option<String>,
         content: String,
+        /// `false` opts this message out of the response cache (neither read nor stored).
+        #[serde(default = "cache_default")]
+        cache: bool,
     },
     /// Stop the reply being generated.
     Cancel(NoFields),
@@ -29,6 +32,10 @@ pub enum ClientFrame {
         after_seq: u64,
     },
     Ping(NoFields),
+}
+
+fn cache_default() -> bool {
+    true
 }
 
 /// The body of a frame that carries nothing but its `type`. A struct of its own because
@@ -112,11 +119,15 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"type":"user_message","client_id":"c1","content":"Hello"}"#),
-            ClientFrame::UserMessage { client_id: Some("c1".into()), content: "Hello".into() }
+            ClientFrame::UserMessage {
+                client_id: Some("c1".into()),
+                content: "Hello".into(),
+                cache: true
+            }
         );
         assert_eq!(
             parse(r#"{"type":"user_message","content":"Hi"}"#),
-            ClientFrame::UserMessage { client_id: None, content: "Hi".into() }
+            ClientFrame::UserMessage { client_id: None, content: "Hi".into(), cache: true }
         );
         assert_eq!(parse(r#"{"type":"cancel"}"#), ClientFrame::Cancel(NoFields {}));
         assert_eq!(

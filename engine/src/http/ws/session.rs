@@ -108,7 +108,7 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
                         Ok((receiver, _)) => { events = Some(receiver); Ok(()) }
                         Err(e) => writer.api_error(&e).await,
                     },
-                    ClientFrame::UserMessage { client_id, content } => {
+                    ClientFrame::UserMessage { client_id, content, cache } => {
                         if content.len() > limits.max_message_bytes {
                             let message = format!("messages are limited to {} bytes", limits.max_message_bytes);
                             writer.error("message_too_large", &message).await
@@ -123,7 +123,7 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
                                 }
                             }
                             // The ack arrives through the subscription, after the durable write.
-                            match link.post(client_id, content).await {
+                            match link.post_with(client_id, content, crate::conversations::cache_mode(cache)).await {
                                 Ok(_) => Ok(()),
                                 Err(e) => writer.api_error(&e).await,
                             }
