@@ -35,6 +35,8 @@ pub enum Command {
     CheckConfig,
     /// Send one message to a running engine and stream the reply to the terminal.
     Chat(ChatArgs),
+    /// Apply pending database migrations (`[database]` / DATABASE_URL) and exit.
+    Migrate,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]

@@ -8,6 +8,7 @@
 //! - [`config`]: TOML + environment → validated typed configuration;
 //! - [`error`]: the one client-facing error type;
 //! - [`tree`]: starting the actor tree from the configuration;
+//! - [`store`]: durable state in PostgreSQL (conversation store, migrations, crash sweep);
 //! - [`http`]: the edges — WebSocket chat, REST + SSE, admin inspection, health;
 //! - [`conversations`]: the edges' view of a conversation (principal, link, error mapping);
 //! - [`server`]: building, running and gracefully stopping the engine;
@@ -21,5 +22,6 @@ pub mod error;
 pub mod http;
 pub mod providers;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod tree;

@@ -23,6 +23,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => actix_rt::System::new().block_on(engine::server::serve(config)),
+        Command::Migrate => {
+            let migrate = engine::store::migrate::command(&config);
+            println!("{}", actix_rt::System::new().block_on(migrate)?);
+            Ok(())
+        }
         Command::Chat(_) => Ok(()),
     }
 }

@@ -80,8 +80,9 @@ impl Engine {
     pub async fn start(config: Config) -> anyhow::Result<Engine> {
         let config = Arc::new(config);
         let registry = Registry::new();
-        let tree =
-            Tree::start(&config, registry.clone()).context("failed to start the actor tree")?;
+        let tree = Tree::start(&config, registry.clone())
+            .await
+            .context("failed to start the actor tree")?;
         let (close_sessions, _) = watch::channel(false);
         let state = web::Data::new(AppState {
             config: config.clone(),

@@ -1,6 +1,8 @@
 //! Starting the actor tree from the configuration: one provider adapter per configured
 //! model, the provider side (supervisor, provider actors, router), then the conversation side
-//! (tenant and conversation actors) wired to the router and the store.
+//! (tenant and conversation actors) wired to the router and the store — PostgreSQL when
+//! `[database]` is configured (migrated at start, swept for replies cut by a crash), else
+//! in memory (logged loudly: nothing persists).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,10 +15,11 @@ use actors::router::{Router, RouterConfig};
 use actors::store_memory::InMemoryConversationStore;
 use actors::supervisor::{Operator, OperatorError, ProviderTree, ProviderTreeConfig};
 use actors::tenant::{Conversations, TenantConfig};
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::config::Config;
 use crate::providers;
+use crate::store::{PgConversationStore, StoreBackend};
 
 /// The running tree, as the edges see it.
 pub struct Tree {
@@ -24,6 +27,8 @@ pub struct Tree {
     pub operator: Operator,
     pub conversations: Conversations,
     pub store: Arc<dyn ConversationStore>,
+    /// Which store `store` is, for readiness.
+    pub backend: StoreBackend,
     registry: Registry,
     /// Keeps the provider side's actors addressed for the life of the engine.
     _providers: ProviderTree,
@@ -31,13 +36,8 @@ pub struct Tree {
 
 impl Tree {
     /// Must run inside an actix `System`.
-    pub fn start(config: &Config, registry: Registry) -> anyhow::Result<Tree> {
-        if config.database.is_some() {
-            bail!(
-                "database.url / DATABASE_URL: PostgreSQL storage is not available in this build yet; unset it to run on in-memory state"
-            );
-        }
-        tracing::warn!("state is in memory: conversations are lost when the engine stops");
+    pub async fn start(config: &Config, registry: Registry) -> anyhow::Result<Tree> {
+        let backend = open_store(config).await?;
 
         let http = providers::http_client().context("failed to build the provider HTTP client")?;
         let mut adapters: HashMap<String, Arc<dyn LlmProvider>> = HashMap::new();
@@ -60,7 +60,7 @@ impl Tree {
         let provider_tree = ProviderTree::start(tree_config, adapters, &registry)
             .context("failed to start the provider tree")?;
 
-        let store: Arc<dyn ConversationStore> = Arc::new(InMemoryConversationStore::new());
+        let store = backend.port();
         let conversation_config = ConversationConfig {
             subscriber_buffer: config.limits.ws_outbox_events,
             ..ConversationConfig::default()
@@ -77,6 +77,7 @@ impl Tree {
             operator: provider_tree.operator.clone(),
             conversations,
             store,
+            backend,
             registry,
             _providers: provider_tree,
         })
@@ -101,4 +102,35 @@ impl Tree {
     pub async fn restart_provider(&self, model: &str) -> Result<(), OperatorError> {
         self.operator.restart(model).await
     }
+}
+
+/// The configured store: PostgreSQL (migrated unless `migrate_on_start = false`, with its
+/// crash sweep running) or, with no `[database]`, memory.
+async fn open_store(config: &Config) -> anyhow::Result<StoreBackend> {
+    let Some(database) = &config.database else {
+        tracing::warn!(
+            "no [database] configured: state is in memory and every conversation is lost when the engine stops"
+        );
+        return Ok(StoreBackend::Memory(InMemoryConversationStore::new()));
+    };
+    let pg = PgConversationStore::connect(database)?;
+    if database.migrate_on_start {
+        let report = pg.migrate().await?;
+        tracing::info!(applied = ?report.applied, current = ?report.current, "database migrated");
+    }
+    pg.ping().await.map_err(|e| anyhow::anyhow!("{e}")).context("the database does not answer")?;
+    let sweeper = pg.clone();
+    let every = std::time::Duration::from_secs(database.sweep_interval_secs.max(1));
+    let stale = std::time::Duration::from_secs(database.sweep_stale_after_secs);
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if let Err(error) = sweeper.sweep_interrupted(stale).await {
+                tracing::warn!(%error, "crash sweep failed; retrying next interval");
+            }
+        }
+    });
+    tracing::info!("state is in PostgreSQL");
+    Ok(StoreBackend::Postgres(pg))
 }

@@ -159,12 +159,73 @@ pub struct RoutingConfig {
     pub aliases: BTreeMap<String, Vec<String>>,
 }
 
+/// `[database]`: PostgreSQL for durable state (see `engine::store`). Without it the engine
+/// runs on in-memory state.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: SecretString,
+    /// Pooled connections per engine process.
+    #[serde(default = "DatabaseConfig::default_pool_size")]
+    pub pool_size: usize,
+    /// Server-side bound on every statement (`statement_timeout`), in milliseconds.
+    #[serde(default = "DatabaseConfig::default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// Bound on opening a connection and on waiting for a pooled one.
+    #[serde(default = "DatabaseConfig::default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Apply pending migrations at start (otherwise run `switchyard migrate`).
+    #[serde(default = "DatabaseConfig::default_true")]
+    pub migrate_on_start: bool,
+    /// How often the crash sweep looks for replies left `streaming` by a dead node…
+    #[serde(default = "DatabaseConfig::default_sweep_interval_secs")]
+    pub sweep_interval_secs: u64,
+    /// …and how long such a reply must have been silent to count as dead (live replies
+    /// write at least every 10 s).
+    #[serde(default = "DatabaseConfig::default_sweep_stale_after_secs")]
+    pub sweep_stale_after_secs: u64,
 }
 
+impl DatabaseConfig {
+    pub fn new(url: SecretString) -> Self {
+        Self {
+            url,
+            pool_size: Self::default_pool_size(),
+            statement_timeout_ms: Self::default_statement_timeout_ms(),
+            connect_timeout_ms: Self::default_connect_timeout_ms(),
+            migrate_on_start: true,
+            sweep_interval_secs: Self::default_sweep_interval_secs(),
+            sweep_stale_after_secs: Self::default_sweep_stale_after_secs(),
+        }
+    }
+
+    fn default_pool_size() -> usize {
+        16
+    }
+
+    fn default_statement_timeout_ms() -> u64 {
+        5_000
+    }
+
+    fn default_connect_timeout_ms() -> u64 {
+        3_000
+    }
+
+    fn default_true() -> bool {
+        true
+    }
+
+    fn default_sweep_interval_secs() -> u64 {
+        10
+    }
+
+    fn default_sweep_stale_after_secs() -> u64 {
+        30
+    }
+}
+
+/// `[redis]`: shared state for running several nodes (conversation ownership, cross-node
+/// fan-out, counters, cache keys). See `docs/architecture.md`, "Running several nodes".
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
@@ -236,7 +297,11 @@ impl Config {
             self.providers.anthropic.base_url = Some(url);
         }
         if let Some(url) = env.var("DATABASE_URL") {
-            self.database = Some(DatabaseConfig { url: SecretString::from(url) });
+            // The URL from the environment; the file's other `[database]` options stay.
+            match &mut self.database {
+                Some(database) => database.url = SecretString::from(url),
+                None => self.database = Some(DatabaseConfig::new(SecretString::from(url))),
+            }
         }
         if let Some(url) = env.var("REDIS_URL") {
             self.redis = Some(RedisConfig { url: SecretString::from(url) });
@@ -323,6 +388,19 @@ impl Config {
         }
         if self.models.is_empty() {
             bail!("models: at least one model must be configured");
+        }
+        if let Some(database) = &self.database {
+            if database.pool_size == 0 {
+                bail!("database.pool_size: must be at least 1");
+            }
+            if database.statement_timeout_ms == 0 || database.connect_timeout_ms == 0 {
+                bail!("database.statement_timeout_ms / connect_timeout_ms: must be positive");
+            }
+            if database.sweep_stale_after_secs < 15 {
+                bail!(
+                    "database.sweep_stale_after_secs: at least 15 (live replies write every 10 s)"
+                );
+            }
         }
         Ok(())
     }

@@ -24,11 +24,14 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .iter()
         .filter(|p| p.state == ActorState::Running && p.circuit != Some(CircuitState::Open))
         .count();
-    let ready = healthy > 0 && !state.shutting_down();
+    let backend = &state.tree.backend;
+    let store_reachable = backend.reachable().await;
+    let ready = healthy > 0 && store_reachable && !state.shutting_down();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "providers": { "healthy": healthy, "total": providers.len() },
-        "store": "memory",
+        "store": backend.kind(),
+        "store_reachable": store_reachable,
         "shutting_down": state.shutting_down(),
     });
     if ready {
