@@ -1,7 +1,7 @@
 //! A scripted, in-memory [`LlmProvider`] for tests, drills and benchmarks: no network, no
 //! clock, deterministic.
 //!
-//! Every fake model "knows" one answer per prompt, [`reply_for`] of the first user message,
+//! Every fake model "knows" one answer per prompt, [`reply_for`] of the latest user message,
 //! and streams it a word per delta. So any model can continue any other's partial answer
 //! (prefill: the rest after the trailing assistant text; instruction: the same, optionally
 //! repeating the last few characters to exercise de-duplication), and a test can assert the
@@ -22,9 +22,10 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::Semaphore;
 
 use crate::ports::llm::{
-    BadRequestKind, Completion, FinishReason, GenerationRequest, LlmProvider, ProviderError,
-    ProviderStream, Role, StreamEvent, Usage,
+    BadRequestKind, ChatMessage, Completion, FinishReason, GenerationRequest, LlmProvider,
+    ProviderError, ProviderStream, Role, StreamEvent, Usage,
 };
+use crate::router::ContinuationConfig;
 
 /// The answer every fake model gives to `prompt`.
 pub fn reply_for(prompt: &str) -> String {
@@ -178,27 +179,47 @@ impl FakeProvider {
 }
 
 /// What text a call must produce: the answer, or the part of it after the partial text.
+///
+/// The prompt is the latest real user message, so multi-turn conversations get a fresh
+/// answer per turn. A continuation is recognised by its shape: a trailing assistant message
+/// (prefill), or the router's continuation instruction after an assistant message.
 fn text_for(request: &GenerationRequest, repeat_tail: usize) -> (String, bool) {
-    let prompt = request.messages.iter().find(|m| m.role == Role::User).map_or("", |m| &m.content);
-    let full = reply_for(prompt);
-    let n = request.messages.len();
-    let continuation_of = |partial: &str, back: usize| {
-        let mut start = partial.len().saturating_sub(back);
-        while !full.is_char_boundary(start.min(full.len())) {
-            start -= 1;
-        }
-        match full.starts_with(partial) {
-            true => full[start.min(full.len())..].to_owned(),
-            false => full.clone(),
-        }
+    let messages = &request.messages;
+    let latest_user = |messages: &[ChatMessage]| {
+        messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map_or(String::new(), |m| m.content.clone())
     };
-    match request.messages.last() {
-        Some(last) if last.role == Role::Assistant => (continuation_of(&last.content, 0), true),
-        Some(_) if n >= 3 && request.messages[n - 2].role == Role::Assistant => {
-            (continuation_of(&request.messages[n - 2].content, repeat_tail), false)
+    let n = messages.len();
+    let instruction = ContinuationConfig::default().instruction;
+    let (prompt, partial, back, prefill) = match messages.last() {
+        Some(last) if last.role == Role::Assistant => {
+            (latest_user(messages), Some(last.content.as_str()), 0, true)
         }
-        _ => (full, false),
+        Some(last)
+            if last.content == instruction && n >= 3 && messages[n - 2].role == Role::Assistant =>
+        {
+            (
+                latest_user(&messages[..n - 2]),
+                Some(messages[n - 2].content.as_str()),
+                repeat_tail,
+                false,
+            )
+        }
+        _ => (latest_user(messages), None, 0, false),
+    };
+    let full = reply_for(&prompt);
+    let Some(partial) = partial else { return (full, prefill) };
+    if !full.starts_with(partial) {
+        return (full, prefill);
     }
+    let mut start = partial.len().saturating_sub(back).min(full.len());
+    while !full.is_char_boundary(start) {
+        start -= 1;
+    }
+    (full[start..].to_owned(), prefill)
 }
 
 impl LlmProvider for FakeProvider {
@@ -371,7 +392,7 @@ mod tests {
         let fake = fake.repeating_tail(4);
         let mut instructed = ask("hi");
         instructed.messages.push(ChatMessage::assistant(&full[..10]));
-        instructed.messages.push(ChatMessage::user("continue"));
+        instructed.messages.push(ChatMessage::user(ContinuationConfig::default().instruction));
         assert_eq!(collect_stream(fake.stream(instructed)).await.unwrap().text, full[6..]);
         assert_eq!(fake.calls(), 3);
         assert_eq!(fake.open_streams(), 0);
