@@ -12,6 +12,7 @@ use actors::conversation::{ConversationConfig, ConversationDeps, PostUserMessage
 use actors::events::ConversationEvent;
 use actors::ports::llm::LlmProvider;
 use actors::ports::store::ConversationSettings;
+use actors::provider::{CircuitBreakerConfig, ProviderActorConfig};
 use actors::registry::Registry;
 use actors::store_memory::InMemoryConversationStore;
 use actors::supervisor::{ProviderTree, ProviderTreeConfig};
@@ -31,13 +32,18 @@ async fn ten_thousand_turns_across_a_thousand_conversations_with_failing_provide
     config.router.fallbacks.insert("primary".into(), vec!["second".into(), "third".into()]);
     config.router.max_concurrent_turns = CONVERSATIONS * 2;
     for model in ["primary", "second", "third"] {
-        let mut endpoint = actors::provider::ProviderActorConfig::default();
-        endpoint.max_in_flight = CONVERSATIONS * 2;
-        endpoint.mailbox_capacity = CONVERSATIONS * 2;
-        // Random failures in a burst would (rightly) open circuits; this test is about
-        // failover and ordering, the breaker has its own tests.
-        endpoint.circuit_breaker.failure_rate = 0.0;
-        endpoint.circuit_breaker.consecutive_failures = 0;
+        let endpoint = ProviderActorConfig {
+            max_in_flight: CONVERSATIONS * 2,
+            mailbox_capacity: CONVERSATIONS * 2,
+            // Random failures in a burst would (rightly) open circuits; this test is about
+            // failover and ordering, the breaker has its own tests.
+            circuit_breaker: CircuitBreakerConfig {
+                failure_rate: 0.0,
+                consecutive_failures: 0,
+                ..CircuitBreakerConfig::default()
+            },
+            ..ProviderActorConfig::default()
+        };
         config.models.insert(model.into(), endpoint);
     }
     let providers: HashMap<String, Arc<dyn LlmProvider>> = [
