@@ -29,12 +29,13 @@ use crate::ports::store::{
     StoreFuture, StoredMessage, replay_messages,
 };
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct TenantData {
     /// Keyed by id: ids are UUIDv7, so key order is creation order (listing pages by it).
     conversations: BTreeMap<String, ConversationData>,
 }
 
+#[derive(Clone)]
 struct ConversationData {
     conversation: Conversation,
     messages: Vec<StoredMessage>,
@@ -93,6 +94,24 @@ impl InMemoryConversationStore {
             .entry(tenant_id.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// An independent deep copy of everything stored right now: what a crash at this
+    /// instant would leave behind. Tests rebuild conversations from it while the original
+    /// actors (the "dead" node) run on against the original.
+    pub fn fork(&self) -> InMemoryConversationStore {
+        let tenants = self.tenants.read().unwrap_or_else(PoisonError::into_inner);
+        let copy = tenants
+            .iter()
+            .map(|(id, data)| {
+                let data = data.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                (id.clone(), Arc::new(Mutex::new(data)))
+            })
+            .collect();
+        InMemoryConversationStore {
+            tenants: Arc::new(RwLock::new(copy)),
+            unavailable: Arc::new(AtomicBool::new(self.unavailable.load(Ordering::Relaxed))),
+        }
     }
 
     /// Runs `f` on one conversation of one tenant, under that tenant's lock.
@@ -348,12 +367,7 @@ impl ConversationStore for InMemoryConversationStore {
         }))
     }
 
-    fn reserve_seqs(
-        &self,
-        tenant_id: &str,
-        conversation_id: &str,
-        up_to: u64,
-    ) -> StoreFuture<u64> {
+    fn reserve_seqs(&self, tenant_id: &str, conversation_id: &str, up_to: u64) -> StoreFuture<u64> {
         done(self.with_conversation(tenant_id, conversation_id, |c| {
             let reserved = &mut c.conversation.seq_reserved;
             *reserved = (*reserved).max(up_to);

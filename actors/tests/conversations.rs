@@ -748,3 +748,90 @@ async fn ten_thousand_turns_across_a_thousand_conversations_each_end_exactly_onc
     let loaded = h.store.load(&conversations[0].0, &conversations[0].1, 100).await.unwrap();
     assert_eq!(loaded.messages.iter().filter(|m| m.role == Role::User).count(), TURNS);
 }
+
+/// The harness over an existing store (a node rebuilt on what a crash left behind).
+fn harness_on(store: InMemoryConversationStore, plan: Plan, config: ConversationConfig) -> Harness {
+    let runner = FakeRunner::new(plan);
+    let registry = Registry::new();
+    let deps =
+        ConversationDeps::new(Arc::new(store.clone()), runner.clone(), registry.clone(), config);
+    Harness {
+        conversations: Conversations::new(deps, TenantConfig::default()),
+        store,
+        runner,
+        registry,
+    }
+}
+
+#[actix_rt::test]
+async fn a_crash_never_reuses_the_seq_of_an_event_it_lost() {
+    // Small blocks, and no checkpoint during the turn: every delta is unsaved at the crash.
+    let config = ConversationConfig {
+        seq_reserve_block: 16,
+        checkpoint_interval: Duration::from_secs(3600),
+        checkpoint_bytes: 1 << 20,
+        ..fast_config()
+    };
+    let h = harness(echo_plan(Duration::from_millis(1)), config.clone(), TenantConfig::default());
+    let (id, conv) = h.new_conversation("t1").await;
+    let mut live = conv.subscribe(None).await.unwrap();
+    conv.post(post("long 200")).await.unwrap();
+    let seen = read_n(&mut live, 60).await;
+    assert_contiguous(&seen, 1);
+    let max_seen = *seqs(&seen).last().unwrap();
+
+    // The crash: only what the store holds at this instant survives.
+    let crashed = h.store.fork();
+    let stored = crashed.get_conversation("t1", &id).await.unwrap();
+    assert!(stored.last_seq < max_seen, "the deltas were not persisted: {stored:?}");
+    assert!(
+        stored.seq_reserved >= max_seen,
+        "every emitted seq was reserved durably first ({} < {max_seen})",
+        stored.seq_reserved
+    );
+    assert!(stored.seq_reserved <= max_seen + 16, "reserved in blocks, not without bound");
+
+    let rebuilt = harness_on(crashed.clone(), echo_plan(Duration::ZERO), config);
+    let conv = rebuilt.conversations.open("t1", &id).await.unwrap();
+    // A client that saw everything resumes: served (no resync), and told of the cut.
+    let mut resumed = conv.subscribe(Some(max_seen)).await.unwrap();
+    let next = read_n(&mut resumed, 1).await;
+    let ConversationEvent::Interrupted { seq: cut, .. } = *next[0] else {
+        panic!("expected interrupted, got {:?}", next[0]);
+    };
+    assert!(cut > max_seen, "the interrupted event must not reuse a seen seq");
+    assert_eq!(cut, stored.seq_reserved + 1);
+    // From the start: the ack, then the honest jump to `interrupted`.
+    let mut full = conv.subscribe(Some(0)).await.unwrap();
+    let history = read_n(&mut full, 2).await;
+    assert!(matches!(*history[0], ConversationEvent::Ack { seq: 1, .. }));
+    assert_eq!(history[1].seq(), Some(cut));
+    // A resume from inside the lost range is served too.
+    let mut middle = conv.subscribe(Some(max_seen - 10)).await.unwrap();
+    assert_eq!(read_n(&mut middle, 1).await[0].seq(), Some(cut));
+    // The conversation continues after the jump.
+    assert_eq!(conv.post(post("again")).await.unwrap().seq, cut + 1);
+    let turn = read_turns(&mut resumed, 1).await;
+    assert!(matches!(**turn.last().unwrap(), ConversationEvent::Done { .. }));
+    assert_contiguous(&turn, cut + 1);
+}
+
+#[actix_rt::test]
+async fn long_replies_extend_the_reservation_ahead_of_use() {
+    let config = ConversationConfig { seq_reserve_block: 8, ..fast_config() };
+    let h = harness(echo_plan(Duration::ZERO), config, TenantConfig::default());
+    let (id, conv) = h.new_conversation("t1").await;
+    let mut live = conv.subscribe(None).await.unwrap();
+    conv.post(post("long 100")).await.unwrap();
+    let events = read_turns(&mut live, 1).await;
+    assert_contiguous(&events, 1);
+    let last = *seqs(&events).last().unwrap();
+    let stored = h.store.get_conversation("t1", &id).await.unwrap();
+    assert_eq!(stored.last_seq, last);
+    assert!(stored.seq_reserved >= last - 1, "the reply's events stayed inside the reservation");
+    // A clean rebuild (nothing left streaming) continues right after the last seq: the
+    // unused rest of the reservation is not a jump.
+    let rebuilt = harness_on(h.store.fork(), echo_plan(Duration::ZERO), fast_config());
+    let conv = rebuilt.conversations.open("t1", &id).await.unwrap();
+    assert_eq!(conv.post(post("again")).await.unwrap().seq, last + 1);
+}

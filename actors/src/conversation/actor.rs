@@ -788,17 +788,23 @@ impl ConversationActor {
 }
 
 /// Whether `events` are exactly the conversation's events after `after_seq` up to
-/// `last_seq`: consecutive seqs, except the one honest jump a crash leaves — the seqs
-/// reserved for events lost with it, skipped right before the reply's `interrupted` event.
+/// `last_seq`: consecutive seqs, except where a crash lost events — their seqs (reserved,
+/// never reused) are missing from inside the cut reply's range, which its `interrupted`
+/// event closes. So a jump is accepted only when an `interrupted` event follows it.
 fn is_gap_free(events: &[Arc<ConversationEvent>], after_seq: u64, last_seq: u64) -> bool {
+    let last_interrupted = events
+        .iter()
+        .filter(|e| matches!(***e, ConversationEvent::Interrupted { .. }))
+        .filter_map(|e| e.seq())
+        .max();
     let mut want = after_seq + 1;
     for event in events {
-        match event.seq() {
-            Some(seq) if seq == want => {}
-            Some(seq) if seq > want && matches!(**event, ConversationEvent::Interrupted { .. }) => {}
-            _ => return false,
+        let Some(seq) = event.seq() else { return false };
+        let jump_ok = last_interrupted.is_some_and(|i| seq <= i);
+        if seq != want && !(seq > want && jump_ok) {
+            return false;
         }
-        want = event.seq().unwrap_or(want) + 1;
+        want = seq + 1;
     }
     want == last_seq + 1
 }

@@ -473,8 +473,7 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Raises the conversation's seq reservation to at least `up_to` (never lowers it) and
     /// returns the reservation now stored. The actor emits reply events only up to a
     /// reservation this call has made durable.
-    fn reserve_seqs(&self, tenant_id: &str, conversation_id: &str, up_to: u64)
-    -> StoreFuture<u64>;
+    fn reserve_seqs(&self, tenant_id: &str, conversation_id: &str, up_to: u64) -> StoreFuture<u64>;
 
     /// Every persisted event with `seq > after_seq`, in order (see [`replay_messages`]).
     fn events_after(
