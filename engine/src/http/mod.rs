@@ -2,6 +2,7 @@
 //! hand to an actor or service, map the result.
 
 pub mod admin;
+pub mod compat;
 pub mod conversations;
 pub mod health;
 pub mod openapi;
@@ -15,5 +16,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(admin::routes)
         .configure(conversations::routes)
         .configure(openapi::routes)
-        .configure(ws::routes);
+        .configure(ws::routes)
+        .configure(compat::routes);
 }
