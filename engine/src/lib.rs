@@ -12,7 +12,8 @@
 //! - [`http`]: the edges — WebSocket chat, REST + SSE, admin inspection, health;
 //! - [`conversations`]: the edges' view of a conversation (principal, link, error mapping);
 //! - [`server`]: building, running and gracefully stopping the engine;
-//! - [`cli`], [`telemetry`]: the command line and logging.
+//! - [`cli`]: the command line;
+//! - [`telemetry`]: JSON logs, Prometheus metrics, OpenTelemetry traces, SLO reports.
 
 pub mod chat_cli;
 pub mod cli;

@@ -8,8 +8,8 @@ use engine::config::{Config, ProcessEnv};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    engine::telemetry::init(cli.log_format);
     if let Some(Command::Chat(args)) = &cli.command {
+        let _telemetry = engine::telemetry::init(cli.log_format, &Default::default());
         return actix_rt::System::new().block_on(engine::chat_cli::run(args.clone()));
     }
     let mut config = Config::load(cli.config.as_deref(), &ProcessEnv)
@@ -17,6 +17,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(listen) = cli.listen {
         config.server.listen = listen;
     }
+    // Logging starts once the configuration says how (level, trace export); an error loading
+    // it is printed by `main` returning it. Dropping the guard at exit flushes the spans.
+    let _telemetry = engine::telemetry::init(cli.log_format, &config.telemetry);
     match cli.command() {
         Command::CheckConfig => {
             println!("{}", engine::server::describe(&config));

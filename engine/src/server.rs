@@ -79,6 +79,7 @@ impl Engine {
     /// Builds the tree and binds the listener. Must run inside an actix `System`.
     pub async fn start(config: Config) -> anyhow::Result<Engine> {
         let config = Arc::new(config);
+        crate::telemetry::metrics::install(&config.telemetry);
         let registry = Registry::new();
         let tree = Tree::start(&config, registry.clone())
             .await
@@ -101,6 +102,8 @@ impl Engine {
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
+                // Outermost: times, counts and traces everything below, errors included.
+                .wrap(actix_web::middleware::from_fn(crate::telemetry::http::observe))
                 .app_data(app_state.clone())
                 .app_data(web::JsonConfig::default().limit(limits.max_body_bytes).error_handler(
                     |err, _| {

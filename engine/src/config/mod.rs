@@ -32,6 +32,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub database: Option<DatabaseConfig>,
     pub redis: Option<RedisConfig>,
+    /// `[telemetry]`: logs, metrics, traces and SLO objectives (see `crate::telemetry`).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +286,7 @@ impl Config {
     }
 
     fn apply_env(&mut self, env: &dyn Environment) -> anyhow::Result<()> {
+        self.telemetry.apply_env(env);
         if let Some(key) = env.var("OPENAI_API_KEY") {
             self.providers.openai.api_key = Some(SecretString::from(key));
         }
@@ -332,6 +335,7 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        self.telemetry.validate()?;
         let mut names = HashSet::new();
         for (i, model) in self.models.iter().enumerate() {
             let at = format!("models[{i}] (`{}`)", model.name);

@@ -5,7 +5,10 @@ pub mod admin;
 pub mod compat;
 pub mod conversations;
 pub mod health;
+pub mod log_level;
+pub mod metrics;
 pub mod openapi;
+pub mod slo;
 pub mod ws;
 
 use actix_web::web;
@@ -13,6 +16,9 @@ use actix_web::web;
 /// Every route of the engine.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(health::routes)
+        .configure(metrics::routes)
+        .configure(slo::routes)
+        .configure(log_level::routes)
         .configure(admin::routes)
         .configure(conversations::routes)
         .configure(openapi::routes)
