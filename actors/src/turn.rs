@@ -137,6 +137,25 @@ impl TurnError {
 /// A turn in progress. Dropping it cancels the turn, including the upstream request.
 pub type TurnStream = Pin<Box<dyn Stream<Item = Result<TurnEvent, TurnError>> + Send>>;
 
+/// How a turn that ended with `code` counts for the availability SLO (the `outcome` label of
+/// `switchyard_turns_total`): `rejected` when the client asked for something that cannot be
+/// served (unknown model, invalid or oversized request, limits), `cancelled` when it withdrew,
+/// else `failed` — the engine or its providers let the client down.
+pub fn slo_outcome(code: &str) -> &'static str {
+    match code {
+        "cancelled" => "cancelled",
+        "unknown_model"
+        | "bad_request"
+        | "context_length_exceeded"
+        | "invalid_request"
+        | "rate_limited"
+        | "quota_exceeded"
+        | "budget_exceeded"
+        | "forbidden" => "rejected",
+        _ => "failed",
+    }
+}
+
 /// Runs turns: implemented by the router, faked in conversation tests.
 pub trait TurnRunner: Send + Sync + 'static {
     fn run_turn(&self, request: TurnRequest) -> TurnStream;

@@ -158,6 +158,7 @@ pub(crate) async fn recover(
             message_id: m.id.clone(),
             content: m.text.clone(),
             cache: CacheMode::Use,
+            span: tracing::Span::none(),
         })
         .collect();
     if !pending.is_empty() {
@@ -178,6 +179,8 @@ struct QueuedTurn {
     message_id: String,
     content: String,
     cache: CacheMode,
+    /// The turn's trace, opened when the message was posted; `none` for recovered messages.
+    span: tracing::Span,
 }
 
 /// One item of the running turn's stream, tagged so a late item of an ended turn is ignored.
@@ -208,6 +211,8 @@ struct RunningTurn {
     unsaved: StreamChunk,
     unsaved_from: Option<u64>,
     last_checkpoint: Instant,
+    /// The `turn` span: one trace per turn.
+    span: tracing::Span,
 }
 
 /// How a turn ended.
@@ -419,6 +424,12 @@ impl ConversationActor {
             self.set_busy(false);
             return;
         };
+        let span = if next.span.is_none() {
+            turn_span(&self.tenant_id, &self.conversation.id, &next.message_id)
+        } else {
+            next.span.clone()
+        };
+        span.record("model", self.conversation.settings.model.as_str());
         let config = &self.deps.config;
         self.history.push(ChatMessage::user(next.content));
         let settings = &self.conversation.settings;
@@ -439,10 +450,9 @@ impl ConversationActor {
         };
         let turn = self.next_turn;
         self.next_turn += 1;
-        let items = self
-            .deps
-            .runner
-            .run_turn(request)
+        // Inside the turn span, so the router's spans become its children.
+        let items = span
+            .in_scope(|| self.deps.runner.run_turn(request))
             .map(move |item| TurnItem { turn, item: Some(item) })
             .chain(stream::once(async move { TurnItem { turn, item: None } }));
         let stream = ctx.add_stream(items);
@@ -473,6 +483,7 @@ impl ConversationActor {
             unsaved: StreamChunk::default(),
             unsaved_from: None,
             last_checkpoint: Instant::now(),
+            span,
         });
         self.set_busy(true);
         self.begin_reply(ctx);
@@ -544,6 +555,8 @@ impl ConversationActor {
     /// Without a durable record and reservation a reply may not stream: fail the turn
     /// (its terminal event is the one event that goes out unreserved; it is logged).
     fn reservation_failed(&mut self, ctx: &mut Context<Self>, turn_id: u64, error: StoreError) {
+        metrics::counter!("switchyard_store_errors_total", "operation" => "reserve_reply")
+            .increment(1);
         tracing::error!(
             conversation_id = %self.conversation.id, %error,
             "the store refused a reply's record or seq reservation; failing the turn"
@@ -616,6 +629,8 @@ impl ConversationActor {
             chunk: std::mem::take(&mut turn.unsaved),
         };
         self.writes.push(PendingWrite { from_seq, progress, outcome: None });
+        let span = self.current.as_ref().map_or_else(tracing::Span::none, |t| t.span.clone());
+        let _in_turn = span.enter();
         self.pump_writes(ctx);
     }
 
@@ -626,6 +641,32 @@ impl ConversationActor {
         // Dropping the stream is what cancels the upstream request.
         ctx.cancel_future(turn.stream);
         ctx.cancel_future(turn.backstop);
+        let outcome = match &ending {
+            Ending::Completed(summary) => {
+                for leg in &summary.legs {
+                    for (direction, tokens) in
+                        [("input", leg.usage.input_tokens), ("output", leg.usage.output_tokens)]
+                    {
+                        metrics::counter!(
+                            "switchyard_tokens_total",
+                            "tenant" => self.tenant_id.clone(),
+                            "model" => leg.model.clone(),
+                            "direction" => direction,
+                        )
+                        .increment(tokens);
+                    }
+                }
+                "completed"
+            }
+            Ending::Failed { code, .. } => {
+                metrics::counter!("switchyard_turn_errors_total", "code" => code.clone())
+                    .increment(1);
+                crate::turn::slo_outcome(code)
+            }
+            Ending::Cancelled => "cancelled",
+        };
+        metrics::counter!("switchyard_turns_total", "outcome" => outcome).increment(1);
+        turn.span.record("outcome", outcome);
         let message_id = turn.message_id.clone();
         let reply_to = turn.reply_to.clone();
         let (event, outcome) = match ending {
@@ -679,7 +720,10 @@ impl ConversationActor {
         };
         let from_seq = turn.unsaved_from.unwrap_or(seq);
         self.writes.push(PendingWrite { from_seq, progress, outcome: Some(outcome) });
-        self.pump_writes(ctx);
+        {
+            let _in_turn = turn.span.enter();
+            self.pump_writes(ctx);
+        }
         if !turn.visible.is_empty() {
             self.history.push(ChatMessage::assistant(turn.visible));
         }
@@ -703,6 +747,13 @@ impl ConversationActor {
                 store.finish_assistant(tenant, id, write.progress.clone(), outcome.clone())
             }
         };
+        // A child of the turn when called inside its span (checkpoints, the final write).
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!("persist.reply", finished = write.outcome.is_some())
+        };
+        let future = tracing::Instrument::instrument(future, span);
         ctx.spawn(future.into_actor(self).map(|result, act, ctx| {
             act.writes.in_flight = false;
             match result {
@@ -718,6 +769,8 @@ impl ConversationActor {
     }
 
     fn write_failed(&mut self, ctx: &mut Context<Self>, error: StoreError) {
+        metrics::counter!("switchyard_store_errors_total", "operation" => "write_reply")
+            .increment(1);
         self.writes.failures += 1;
         let config = &self.deps.config;
         if self.writes.failures >= config.write_attempts {
@@ -791,6 +844,19 @@ impl ConversationActor {
 /// `last_seq`: consecutive seqs, except where a crash lost events — their seqs (reserved,
 /// never reused) are missing from inside the cut reply's range, which its `interrupted`
 /// event closes. So a jump is accepted only when an `interrupted` event follows it.
+/// The root span of a turn's trace. Ids here are span attributes, never metric labels.
+fn turn_span(tenant_id: &str, conversation_id: &str, message_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        parent: None,
+        "turn",
+        tenant = %tenant_id,
+        conversation_id = %conversation_id,
+        message_id = %message_id,
+        model = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
+}
+
 fn is_gap_free(events: &[Arc<ConversationEvent>], after_seq: u64, last_seq: u64) -> bool {
     let last_interrupted = events
         .iter()
@@ -965,10 +1031,20 @@ impl Handler<PostUserMessage> for ConversationActor {
                 seq,
             },
         );
+        // One trace per turn, opened here so the user message's write is part of it.
+        let span = turn_span(&self.tenant_id, &self.conversation.id, &message_id);
+        let write = tracing::Instrument::instrument(
+            write,
+            tracing::info_span!(parent: &span, "persist.user_message", seq),
+        );
         let (tx, rx) = oneshot::channel();
         // `wait`, not `spawn`: until the write is durable nothing else may take a seq, so a
         // failed write leaves no gap and acks keep the order messages were posted in.
         ctx.wait(write.into_actor(self).map(move |written, act, ctx| {
+            if written.is_err() {
+                metrics::counter!("switchyard_store_errors_total", "operation" => "append_user_message")
+                    .increment(1);
+            }
             let result = written.map_err(ConversationError::from).map(|()| {
                 act.last_seq = seq;
                 if let Some(permit) = new_permit {
@@ -982,6 +1058,7 @@ impl Handler<PostUserMessage> for ConversationActor {
                     message_id: message_id.clone(),
                     content: msg.content,
                     cache: msg.cache,
+                    span,
                 });
                 act.broadcast(ConversationEvent::Ack {
                     client_id: msg.client_id,

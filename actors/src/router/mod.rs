@@ -131,6 +131,12 @@ impl Router {
 
 impl TurnRunner for Router {
     fn run_turn(&self, request: TurnRequest) -> TurnStream {
+        let route = tracing::info_span!(
+            "route",
+            requested_model = %request.model,
+            chain = tracing::field::Empty,
+        )
+        .entered();
         let Some(chain) = self.inner.table.resolve(&request.tenant_id, &request.model).cloned()
         else {
             return Box::pin(stream::once(
@@ -140,6 +146,10 @@ impl TurnRunner for Router {
         let Ok(permit) = self.inner.turns.clone().try_acquire_owned() else {
             return Box::pin(stream::once(async { Err(TurnError::Overloaded) }));
         };
+        let models: Vec<&str> = chain.iter().map(|i| self.inner.endpoints[*i].health.model()).collect();
+        route.record("chain", models.join(" -> "));
+        // Provider attempts are children of the turn, not of this (already finished) span.
+        drop(route);
         turn::Turn::start(self.inner.clone(), request, chain, permit)
     }
 }

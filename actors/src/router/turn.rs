@@ -35,6 +35,9 @@ struct Active {
     tokens: u32,
     /// Instruction continuations only: holds back a repeated tail of the partial text.
     filter: Option<OverlapFilter>,
+    /// The `provider.attempt` span of this leg, and when the leg started.
+    span: tracing::Span,
+    started: Instant,
 }
 
 /// What one wait on the active leg produced.
@@ -70,6 +73,11 @@ pub(crate) struct Turn {
     timer: Option<Pin<Box<Sleep>>>,
     done: bool,
     permit: Option<OwnedSemaphorePermit>,
+    /// The consumer's span when the turn started (the `turn` span): parent of every attempt.
+    span: tracing::Span,
+    /// For the time-to-first-token and duration histograms.
+    started: Instant,
+    first_token: bool,
 }
 
 impl Turn {
@@ -99,6 +107,9 @@ impl Turn {
             timer: None,
             done: false,
             permit: Some(permit),
+            span: tracing::Span::current(),
+            started: Instant::now(),
+            first_token: false,
         });
         turn.publish_in_flight();
         Box::pin(stream::unfold(turn, |mut turn| async move {
@@ -173,6 +184,12 @@ impl Turn {
                     }
                     self.delivered.push_str(&text);
                     self.delivered_by = Some(active.endpoint);
+                    if !self.first_token {
+                        self.first_token = true;
+                        let model = self.router.endpoints[active.endpoint].health.model();
+                        metrics::histogram!("switchyard_turn_time_to_first_token_seconds", "model" => model.to_owned())
+                            .record(self.started.elapsed().as_secs_f64());
+                    }
                     return Ok(TurnEvent::Delta(text));
                 }
                 Polled::Item(Some(Ok(StreamEvent::Finished(completion)))) => {
@@ -280,6 +297,13 @@ impl Turn {
                     to: health.model().to_owned(),
                     reason,
                 });
+                metrics::counter!(
+                    "switchyard_failovers_total",
+                    "from" => router.endpoints[from].health.model().to_owned(),
+                    "to" => health.model().to_owned(),
+                    "reason" => reason,
+                )
+                .increment(1);
             }
             if self.request.continuation == ContinuationMode::Restart && !self.delivered.is_empty()
             {
@@ -295,7 +319,18 @@ impl Turn {
             };
             let first_token = Duration::from_millis(config.first_token_timeout_ms);
             timer.as_mut().reset(deadline.min(Instant::now() + first_token));
-            self.active = Some(Active { endpoint: index, stream, method, tokens: 0, filter });
+            let span = tracing::info_span!(
+                parent: &self.span,
+                "provider.attempt",
+                model = %health.model(),
+                provider = %health.provider_kind(),
+                attempt = self.attempts,
+                outcome = tracing::field::Empty,
+                tokens = tracing::field::Empty,
+            );
+            let started = Instant::now();
+            self.active =
+                Some(Active { endpoint: index, stream, method, tokens: 0, filter, span, started });
             return Ok(());
         }
     }
@@ -313,6 +348,9 @@ impl Turn {
         let Some(active) = self.active.take() else { return Ok(()) };
         drop(active.stream);
         let health = &self.router.endpoints[active.endpoint].health;
+        active.span.record("outcome", error.code());
+        active.span.record("tokens", active.tokens);
+        record_attempt(health.provider_kind(), health.model(), error.code(), active.started);
         self.legs.push(Leg {
             model: health.model().to_owned(),
             provider: health.provider_kind().to_owned(),
@@ -355,7 +393,8 @@ impl Turn {
 
     /// The active leg finished: the turn is done.
     fn complete(&mut self, completion: Completion) -> TurnSummary {
-        let endpoint = self.active.take().map_or(0, |a| a.endpoint);
+        let active = self.active.take();
+        let endpoint = active.as_ref().map_or(0, |a| a.endpoint);
         let health = &self.router.endpoints[endpoint].health;
         self.legs.push(Leg {
             model: health.model().to_owned(),
@@ -364,6 +403,13 @@ impl Turn {
             outcome: LegOutcome::Completed,
             provider_request_id: completion.provider_request_id,
         });
+        if let Some(active) = &active {
+            active.span.record("outcome", "completed");
+            active.span.record("tokens", active.tokens);
+            record_attempt(health.provider_kind(), health.model(), "completed", active.started);
+        }
+        metrics::histogram!("switchyard_turn_duration_seconds", "model" => health.model().to_owned())
+            .record(self.started.elapsed().as_secs_f64());
         let usage = self.legs.iter().fold(Usage::default(), |sum, leg| sum + leg.usage);
         let summary = TurnSummary {
             model: health.model().to_owned(),
@@ -403,6 +449,20 @@ impl Turn {
         let in_flight = max.saturating_sub(self.router.turns.available_permits());
         self.router.registration.set_in_flight(in_flight as u64);
     }
+}
+
+/// One provider attempt's outcome (`completed` or an error code) and duration.
+fn record_attempt(provider: &str, model: &str, outcome: &'static str, started: Instant) {
+    let (provider, model) = (provider.to_owned(), model.to_owned());
+    metrics::counter!(
+        "switchyard_provider_requests_total",
+        "provider" => provider.clone(),
+        "model" => model.clone(),
+        "outcome" => outcome,
+    )
+    .increment(1);
+    metrics::histogram!("switchyard_provider_request_duration_seconds", "provider" => provider, "model" => model)
+        .record(started.elapsed().as_secs_f64());
 }
 
 impl Drop for Turn {
