@@ -8,6 +8,7 @@
 //! - [`config`]: TOML + environment → validated typed configuration;
 //! - [`error`]: the one client-facing error type;
 //! - [`tree`]: starting the actor tree from the configuration;
+//! - [`cache`]: the tenant-scoped response cache (exact and verified semantic hits);
 //! - [`store`]: durable state in PostgreSQL (conversation store, migrations, crash sweep);
 //! - [`http`]: the edges — WebSocket chat, REST + SSE, admin inspection, health;
 //! - [`conversations`]: the edges' view of a conversation (principal, link, error mapping);
@@ -15,6 +16,7 @@
 //! - [`cli`]: the command line;
 //! - [`telemetry`]: JSON logs, Prometheus metrics, OpenTelemetry traces, SLO reports.
 
+pub mod cache;
 pub mod chat_cli;
 pub mod cli;
 pub mod config;

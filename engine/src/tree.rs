@@ -15,8 +15,10 @@ use actors::router::{Router, RouterConfig};
 use actors::store_memory::InMemoryConversationStore;
 use actors::supervisor::{Operator, OperatorError, ProviderTree, ProviderTreeConfig};
 use actors::tenant::{Conversations, TenantConfig};
+use actors::turn::TurnRunner;
 use anyhow::Context;
 
+use crate::cache::{Cache, CachingRunner};
 use crate::config::Config;
 use crate::providers;
 use crate::store::{PgConversationStore, StoreBackend};
@@ -27,6 +29,11 @@ pub struct Tree {
     pub operator: Operator,
     pub conversations: Conversations,
     pub store: Arc<dyn ConversationStore>,
+    /// Runs turns: the router behind the response cache. The OpenAI-compatible edge runs its
+    /// turns through this too, so it gets the same cache.
+    pub runner: Arc<dyn TurnRunner>,
+    /// The response cache, unless both tiers are off.
+    pub cache: Option<Arc<Cache>>,
     /// Which store `store` is, for readiness.
     pub backend: StoreBackend,
     registry: Registry,
@@ -61,13 +68,24 @@ impl Tree {
             .context("failed to start the provider tree")?;
 
         let store = backend.port();
+        let router: Arc<dyn TurnRunner> = Arc::new(provider_tree.router.clone());
+        let cache =
+            if config.cache.exact || config.cache.semantic || !config.cache.tenants.is_empty() {
+                Some(Arc::new(Cache::from_config(&config.cache, &http)?))
+            } else {
+                None
+            };
+        let runner: Arc<dyn TurnRunner> = match &cache {
+            Some(cache) => Arc::new(CachingRunner::new(router, cache.clone())),
+            None => router,
+        };
         let conversation_config = ConversationConfig {
             subscriber_buffer: config.limits.ws_outbox_events,
             ..ConversationConfig::default()
         };
         let deps = ConversationDeps::new(
             store.clone(),
-            Arc::new(provider_tree.router.clone()),
+            runner.clone(),
             registry.clone(),
             conversation_config,
         );
@@ -77,6 +95,8 @@ impl Tree {
             operator: provider_tree.operator.clone(),
             conversations,
             store,
+            runner,
+            cache,
             backend,
             registry,
             _providers: provider_tree,

@@ -32,6 +32,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub database: Option<DatabaseConfig>,
     pub redis: Option<RedisConfig>,
+    /// `[cache]`: the tenant-scoped response cache (see `crate::cache`).
+    pub cache: CacheConfig,
     /// `[telemetry]`: logs, metrics, traces and SLO objectives (see `crate::telemetry`).
     pub telemetry: crate::telemetry::TelemetryConfig,
 }
@@ -234,6 +236,72 @@ pub struct RedisConfig {
     pub url: SecretString,
 }
 
+/// `[cache]`: the tenant-scoped response cache (see `crate::cache`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Serve repeats of the same normalised question in the same context.
+    pub exact: bool,
+    /// Serve verified paraphrases; needs `model_dir` or `embeddings`.
+    pub semantic: bool,
+    /// all-MiniLM-L6-v2 in sentence-transformers layout (`SWITCHYARD_EMBEDDING_MODEL_DIR`).
+    pub model_dir: Option<std::path::PathBuf>,
+    /// An OpenAI-compatible `/v1/embeddings` API, used when no `model_dir` is set.
+    pub embeddings: Option<EmbeddingsConfig>,
+    /// Cosine similarity a neighbour needs before verification looks at it.
+    pub similarity_threshold: f32,
+    /// Content words two prompts may differ by (never numbers, names, negations, units, …).
+    pub max_unmatched_terms: usize,
+    /// Reject paraphrases whose shared words come in another order.
+    pub strict_order: bool,
+    /// Turns sampled hotter than this are neither served nor stored (unset counts as 1.0).
+    pub max_temperature: f32,
+    pub ttl_secs: u64,
+    pub max_entries_per_tenant: usize,
+    /// Per-tenant overrides, by tenant id.
+    pub tenants: BTreeMap<String, TenantCacheConfig>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            exact: true,
+            semantic: true,
+            model_dir: None,
+            embeddings: None,
+            similarity_threshold: 0.85,
+            max_unmatched_terms: 1,
+            strict_order: true,
+            max_temperature: 1.0,
+            ttl_secs: 24 * 3600,
+            max_entries_per_tenant: 10_000,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsConfig {
+    /// e.g. `https://api.openai.com/v1`
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Option<SecretString>,
+}
+
+/// One tenant's cache settings; unset keys fall back to `[cache]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantCacheConfig {
+    pub exact: Option<bool>,
+    pub semantic: Option<bool>,
+    pub similarity_threshold: Option<f32>,
+    pub max_unmatched_terms: Option<usize>,
+    pub max_temperature: Option<f32>,
+    pub ttl_secs: Option<u64>,
+    pub max_entries: Option<usize>,
+}
+
 /// Where environment variables come from; a map in tests, the process environment in `main`.
 pub trait Environment {
     fn var(&self, name: &str) -> Option<String>;
@@ -305,6 +373,9 @@ impl Config {
                 Some(database) => database.url = SecretString::from(url),
                 None => self.database = Some(DatabaseConfig::new(SecretString::from(url))),
             }
+        }
+        if let Some(dir) = env.var("SWITCHYARD_EMBEDDING_MODEL_DIR") {
+            self.cache.model_dir = Some(dir.into());
         }
         if let Some(url) = env.var("REDIS_URL") {
             self.redis = Some(RedisConfig { url: SecretString::from(url) });
@@ -392,6 +463,17 @@ impl Config {
         }
         if self.models.is_empty() {
             bail!("models: at least one model must be configured");
+        }
+        let thresholds = std::iter::once(("cache", self.cache.similarity_threshold)).chain(
+            self.cache
+                .tenants
+                .iter()
+                .filter_map(|(t, c)| c.similarity_threshold.map(|s| (t.as_str(), s))),
+        );
+        for (at, threshold) in thresholds {
+            if !(0.0..=1.0).contains(&threshold) {
+                bail!("{at}: similarity_threshold must be between 0 and 1");
+            }
         }
         if let Some(database) = &self.database {
             if database.pool_size == 0 {

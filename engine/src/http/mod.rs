@@ -16,6 +16,7 @@ use actix_web::web;
 /// Every route of the engine.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(health::routes)
+        .configure(crate::cache::http::routes)
         .configure(metrics::routes)
         .configure(slo::routes)
         .configure(log_level::routes)
