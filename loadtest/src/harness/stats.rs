@@ -1,0 +1,303 @@
+//! Measurements: HDR histograms (microseconds), errors by code, sequence checks, and a
+//! per-second time series, behind one lock taken once per turn (not per token), plus lock-free
+//! counters for the progress line.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Largest latency recorded (longer ones are clamped): 10 minutes, in µs.
+const MAX_MICROS: u64 = 600_000_000;
+
+#[allow(clippy::expect_used, reason = "constant bounds that hdrhistogram accepts")]
+fn histogram() -> Histogram<u64> {
+    // Two significant digits keep one histogram near 16 KiB; percentiles are within 1%.
+    Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("valid histogram bounds")
+}
+
+/// Everything measured in a run.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Sending a user message → its `ack` (the durable write).
+    pub ack: Histogram<u64>,
+    /// Sending a user message → the first delta of the reply.
+    pub ttft: Histogram<u64>,
+    /// Between two deltas of one reply.
+    pub gap: Histogram<u64>,
+    /// Sending a user message → `done`.
+    pub turn: Histogram<u64>,
+    pub turns_completed: u64,
+    pub failovers: u64,
+    pub cache_hits: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// Sequence numbers skipped (an event the client never saw).
+    pub lost_events: u64,
+    /// Sequence numbers seen twice.
+    pub duplicated_events: u64,
+    /// Peak of connections open at once.
+    pub connections_held: u64,
+    /// Times a client was dropped by the server mid-run and reconnected with `resume`.
+    pub reconnects: u64,
+    /// Second of the run → turns finished in it and their time to first token.
+    pub timeline: BTreeMap<u64, Bucket>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    pub turns: u64,
+    pub errors: u64,
+    pub ttft: Histogram<u64>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            ack: histogram(),
+            ttft: histogram(),
+            gap: histogram(),
+            turn: histogram(),
+            turns_completed: 0,
+            failovers: 0,
+            cache_hits: 0,
+            errors: BTreeMap::new(),
+            lost_events: 0,
+            duplicated_events: 0,
+            connections_held: 0,
+            reconnects: 0,
+            timeline: BTreeMap::new(),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, MAX_MICROS)
+}
+
+/// What one turn measured, recorded in one go.
+#[derive(Debug, Default)]
+pub struct TurnSample {
+    /// Second of the run the turn started in.
+    pub second: u64,
+    pub ack: Option<Duration>,
+    pub ttft: Option<Duration>,
+    pub gaps: Vec<Duration>,
+    pub total: Option<Duration>,
+    pub failovers: u64,
+    pub cache_hit: bool,
+    /// The turn's error code, if it failed.
+    pub error: Option<String>,
+}
+
+impl Stats {
+    pub fn record(&mut self, sample: TurnSample) {
+        if let Some(d) = sample.ack {
+            let _ = self.ack.record(micros(d));
+        }
+        for gap in &sample.gaps {
+            let _ = self.gap.record(micros(*gap));
+        }
+        self.failovers += sample.failovers;
+        let bucket = self.timeline.entry(sample.second).or_insert_with(|| Bucket {
+            turns: 0,
+            errors: 0,
+            ttft: histogram(),
+        });
+        if let Some(d) = sample.ttft {
+            let _ = self.ttft.record(micros(d));
+            let _ = bucket.ttft.record(micros(d));
+        }
+        match sample.error {
+            Some(code) => {
+                bucket.errors += 1;
+                *self.errors.entry(code).or_insert(0) += 1;
+            }
+            None => {
+                bucket.turns += 1;
+                self.turns_completed += 1;
+                self.cache_hits += u64::from(sample.cache_hit);
+                if let Some(d) = sample.total {
+                    let _ = self.turn.record(micros(d));
+                }
+            }
+        }
+    }
+
+    pub fn error(&mut self, code: impl Into<String>) {
+        *self.errors.entry(code.into()).or_insert(0) += 1;
+    }
+
+    pub fn merge(&mut self, other: Stats) {
+        let _ = self.ack.add(&other.ack);
+        let _ = self.ttft.add(&other.ttft);
+        let _ = self.gap.add(&other.gap);
+        let _ = self.turn.add(&other.turn);
+        self.turns_completed += other.turns_completed;
+        self.failovers += other.failovers;
+        self.cache_hits += other.cache_hits;
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_insert(0) += n;
+        }
+        self.lost_events += other.lost_events;
+        self.duplicated_events += other.duplicated_events;
+        self.connections_held = self.connections_held.max(other.connections_held);
+        self.reconnects += other.reconnects;
+        for (second, bucket) in other.timeline {
+            let mine = self.timeline.entry(second).or_insert_with(|| Bucket {
+                turns: 0,
+                errors: 0,
+                ttft: histogram(),
+            });
+            mine.turns += bucket.turns;
+            mine.errors += bucket.errors;
+            let _ = mine.ttft.add(&bucket.ttft);
+        }
+    }
+
+    pub fn errors_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// Checks one conversation's sequence numbers as events arrive.
+#[derive(Debug, Default)]
+pub struct SeqCheck {
+    last: Option<u64>,
+    pub lost: u64,
+    pub duplicated: u64,
+}
+
+impl SeqCheck {
+    /// Starts from a known position (after a `resume`).
+    pub fn starting_after(seq: u64) -> Self {
+        Self { last: Some(seq), lost: 0, duplicated: 0 }
+    }
+
+    pub fn observe(&mut self, seq: u64) {
+        match self.last {
+            Some(last) if seq <= last => self.duplicated += 1,
+            Some(last) => {
+                self.lost += seq - last - 1;
+                self.last = Some(seq);
+            }
+            None => self.last = Some(seq),
+        }
+    }
+
+    pub fn last(&self) -> Option<u64> {
+        self.last
+    }
+}
+
+/// The shared recorder: one lock per finished turn.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    stats: Mutex<Stats>,
+}
+
+impl Recorder {
+    pub fn record(&self, sample: TurnSample) {
+        self.with(|s| s.record(sample));
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut Stats) -> T) -> T {
+        let mut stats = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut stats)
+    }
+
+    pub fn into_stats(self) -> Stats {
+        self.stats.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Counters for the progress line.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub held: AtomicU64,
+    pub peak: AtomicU64,
+    pub turns: AtomicU64,
+    pub errors: AtomicU64,
+    finished: AtomicBool,
+}
+
+impl Progress {
+    pub fn connected(&self) {
+        let now = self.held.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub fn disconnected(&self) {
+        self.held.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn turn(&self, ok: bool) {
+        if ok {
+            self.turns.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.held.load(Ordering::Relaxed),
+            self.turns.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_check_counts_gaps_and_repeats() {
+        let mut check = SeqCheck::default();
+        for seq in [1, 2, 3, 3, 6, 7, 5] {
+            check.observe(seq);
+        }
+        assert_eq!((check.lost, check.duplicated), (2, 2));
+        assert_eq!(check.last(), Some(7));
+    }
+
+    #[test]
+    fn turns_and_errors_land_in_their_second() {
+        let mut stats = Stats::default();
+        stats.record(TurnSample {
+            second: 3,
+            ttft: Some(Duration::from_millis(5)),
+            total: Some(Duration::from_millis(50)),
+            ..TurnSample::default()
+        });
+        stats.record(TurnSample {
+            second: 3,
+            error: Some("timeout".into()),
+            ..TurnSample::default()
+        });
+        let mut other = Stats::default();
+        other.record(TurnSample {
+            second: 4,
+            ttft: Some(Duration::from_millis(7)),
+            ..TurnSample::default()
+        });
+        stats.merge(other);
+        assert_eq!(stats.turns_completed, 2);
+        assert_eq!(stats.errors["timeout"], 1);
+        assert_eq!(stats.timeline[&3].turns, 1);
+        assert_eq!(stats.timeline[&3].errors, 1);
+        assert_eq!(stats.timeline[&4].ttft.len(), 1);
+        let p50 = stats.ttft.value_at_quantile(0.5);
+        assert!((4_900..=7_100).contains(&p50), "{p50}");
+    }
+}
