@@ -1,19 +1,29 @@
-//! The edges' view of conversations: who is asking ([`Principal`]), and a
-//! [`ConversationLink`] that a WebSocket session or SSE stream holds to one live
-//! conversation actor.
+//! The edges' view of conversations: who is asking ([`Principal`]), the [`Directory`] they
+//! open conversations from, and a [`ConversationLink`] that a WebSocket session or SSE
+//! stream holds to one live conversation.
 //!
-//! A link survives the actor stopping under it (idle shutdown racing a request): a call
-//! answered `Stopped` reopens the conversation — rebuilt from the store — and is retried once.
+//! A link is either *local* (this node runs the conversation's actor) or *remote* (another
+//! node owns it, and the link proxies through Redis — see [`crate::cluster`]); the edges
+//! call the same methods either way. A link survives the conversation moving under it (the
+//! actor stopping idle, or its owner node dying): a call answered `Stopped` resolves the
+//! conversation again — rebuilt from the store, here or on its new owner — and is retried
+//! once.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
-use actors::conversation::{ConversationError, ConversationHandle, PostUserMessage, Posted};
+use actors::conversation::{
+    CompletedTurn, ConversationError, ConversationHandle, PostUserMessage, Posted,
+};
 use actors::events::ConversationEvent;
 use actors::tenant::Conversations;
 use actors::turn::CacheMode;
 use tokio::sync::mpsc;
 
+use crate::cluster::owner::Owned;
+use crate::cluster::remote::{PumpHandle, RemoteConversation};
+use crate::cluster::{Cluster, Resolved};
 use crate::error::ApiError;
 
 /// Who is making a request: the tenant wall every read and write is scoped by.
@@ -77,45 +87,155 @@ fn turn_error(code: &str, message: String) -> ApiError {
     ApiError::new(status, code, message)
 }
 
+/// Where the edges open conversations: this node's actor tree, and — when several nodes
+/// share Redis — the [`Cluster`] that says which node owns each one. Derefs to the tree's
+/// [`Conversations`] for everything else.
+#[derive(Clone)]
+pub struct Directory {
+    conversations: Conversations,
+    cluster: Option<Cluster>,
+    /// Bound on a remote subscription's buffer (as `limits.ws_outbox_events` is locally).
+    subscriber_buffer: usize,
+}
+
+impl Directory {
+    pub fn new(
+        conversations: Conversations,
+        cluster: Option<Cluster>,
+        subscriber_buffer: usize,
+    ) -> Self {
+        Self { conversations, cluster, subscriber_buffer }
+    }
+
+    /// The cluster, when this node runs with Redis.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    async fn resolve(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+    ) -> Result<Target, ConversationError> {
+        let Some(cluster) = &self.cluster else {
+            let handle = self.conversations.open(tenant_id, conversation_id).await?;
+            return Ok(Target::Local { handle, owned: None });
+        };
+        Ok(match cluster.open(tenant_id, conversation_id).await? {
+            Resolved::Local(owned) => {
+                owned.link_opened();
+                Target::Local { handle: owned.handle.clone(), owned: Some(OwnedLink(owned)) }
+            }
+            Resolved::Remote(remote) => Target::Remote(remote),
+        })
+    }
+}
+
+impl Deref for Directory {
+    type Target = Conversations;
+
+    fn deref(&self) -> &Conversations {
+        &self.conversations
+    }
+}
+
+/// What a link talks to.
+enum Target {
+    /// This node's actor; `owned` when this node holds the conversation's lease.
+    Local { handle: ConversationHandle, owned: Option<OwnedLink> },
+    /// Another node's actor, through Redis.
+    Remote(RemoteConversation),
+}
+
+/// Counts a link on an owned conversation (the publisher stays while links exist).
+struct OwnedLink(Arc<Owned>);
+
+impl Drop for OwnedLink {
+    fn drop(&mut self) {
+        self.0.link_closed();
+    }
+}
+
+/// A link's current subscription.
+enum Subscriber {
+    Local(u64),
+    /// Dropping the pump ends the remote subscription.
+    Remote(#[allow(dead_code)] PumpHandle),
+}
+
 /// One edge's connection to one conversation.
 pub struct ConversationLink {
-    conversations: Conversations,
+    directory: Directory,
     principal: Principal,
-    handle: ConversationHandle,
-    subscriber: Option<u64>,
+    conversation_id: String,
+    target: Target,
+    subscriber: Option<Subscriber>,
 }
 
 impl ConversationLink {
     /// Opens the conversation for `principal`; another tenant's id is `not_found`.
     pub async fn open(
-        conversations: &Conversations,
+        directory: &Directory,
         principal: Principal,
         conversation_id: &str,
     ) -> Result<ConversationLink, ApiError> {
-        let handle =
-            conversations.open(&principal.tenant_id, conversation_id).await.map_err(api_error)?;
+        let target =
+            directory.resolve(&principal.tenant_id, conversation_id).await.map_err(api_error)?;
         Ok(ConversationLink {
-            conversations: conversations.clone(),
+            directory: directory.clone(),
             principal,
-            handle,
+            conversation_id: conversation_id.to_owned(),
+            target,
             subscriber: None,
         })
     }
 
     pub fn conversation_id(&self) -> &str {
-        self.handle.conversation_id()
+        &self.conversation_id
     }
 
-    pub fn handle(&self) -> &ConversationHandle {
-        &self.handle
+    /// Whether another node owns the conversation and this link proxies to it.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.target, Target::Remote(_))
     }
 
     async fn reopen(&mut self) -> Result<(), ApiError> {
-        let id = self.handle.conversation_id().to_owned();
-        self.handle =
-            self.conversations.open(&self.principal.tenant_id, &id).await.map_err(api_error)?;
-        self.subscriber = None;
+        // A local subscription dies with its actor; a remote one keeps reading the
+        // conversation's channel, which whichever node owns it next publishes to.
+        if matches!(self.subscriber, Some(Subscriber::Local(_))) {
+            self.unsubscribe();
+        }
+        self.target = self
+            .directory
+            .resolve(&self.principal.tenant_id, &self.conversation_id)
+            .await
+            .map_err(api_error)?;
         Ok(())
+    }
+
+    /// A local link whose conversation moved to another node (lease lost) must re-resolve.
+    fn local_handle(&self) -> Option<&ConversationHandle> {
+        match &self.target {
+            Target::Local { owned: Some(owned), .. } if !owned.0.usable() => None,
+            Target::Local { handle, .. } => Some(handle),
+            Target::Remote(_) => None,
+        }
+    }
+
+    async fn try_subscribe(
+        &mut self,
+        after_seq: Option<u64>,
+    ) -> Result<(mpsc::Receiver<Arc<ConversationEvent>>, u64), ConversationError> {
+        if let Target::Remote(remote) = &self.target {
+            let buffer = self.directory.subscriber_buffer;
+            let (receiver, last_seq, pump) = remote.subscribe(after_seq, buffer).await?;
+            self.subscriber = Some(Subscriber::Remote(pump));
+            return Ok((receiver, last_seq));
+        }
+        let handle = self.local_handle().ok_or(ConversationError::Stopped)?;
+        let subscription = handle.subscribe(after_seq).await?;
+        self.subscriber = Some(Subscriber::Local(subscription.id));
+        Ok((subscription.receiver, subscription.last_seq))
     }
 
     /// Subscribes (replacing any earlier subscription of this link): events after
@@ -126,16 +246,28 @@ impl ConversationLink {
         after_seq: Option<u64>,
     ) -> Result<(mpsc::Receiver<Arc<ConversationEvent>>, u64), ApiError> {
         self.unsubscribe();
-        let subscription = match self.handle.subscribe(after_seq).await {
+        match self.try_subscribe(after_seq).await {
             Err(ConversationError::Stopped) => {
                 self.reopen().await?;
-                self.handle.subscribe(after_seq).await
+                self.try_subscribe(after_seq).await
             }
             other => other,
         }
-        .map_err(api_error)?;
-        self.subscriber = Some(subscription.id);
-        Ok((subscription.receiver, subscription.last_seq))
+        .map_err(api_error)
+    }
+
+    async fn try_post(&self, message: PostUserMessage) -> Result<Posted, ConversationError> {
+        match &self.target {
+            Target::Remote(remote) => remote.post(message).await,
+            Target::Local { owned, .. } => {
+                let handle = self.local_handle().ok_or(ConversationError::Stopped)?;
+                if let (Some(owned), Some(cluster)) = (owned, self.directory.cluster()) {
+                    // Remote watchers must see this post's events.
+                    owned.0.ensure_publishing(cluster).await?;
+                }
+                handle.post(message).await
+            }
+        }
     }
 
     /// Posts a user message; returns once it is durable (the `ack` also reaches subscribers).
@@ -156,30 +288,129 @@ impl ConversationLink {
     ) -> Result<Posted, ApiError> {
         let user_id = self.principal.user_id.clone();
         let message = PostUserMessage { user_id, client_id, content, cache };
-        match self.handle.post(message.clone()).await {
+        self.post_message(message).await.map_err(api_error)
+    }
+
+    async fn post_message(
+        &mut self,
+        message: PostUserMessage,
+    ) -> Result<Posted, ConversationError> {
+        match self.try_post(message.clone()).await {
             Err(ConversationError::Stopped) => {
-                self.reopen().await?;
-                self.handle.post(message).await.map_err(api_error)
+                // The subscription (if any) was on the old target: callers resubscribe when
+                // their channel closes.
+                self.reopen().await.map_err(|_| ConversationError::Stopped)?;
+                self.try_post(message).await
             }
-            other => other.map_err(api_error),
+            other => other,
+        }
+    }
+
+    /// Posts a message and waits for its whole reply (non-streaming REST, the
+    /// OpenAI-compatible edge). A failed turn is [`ConversationError::Turn`].
+    pub async fn complete(
+        &mut self,
+        message: PostUserMessage,
+    ) -> Result<CompletedTurn, ConversationError> {
+        if let Some(handle) = self.local_handle() {
+            if let (Target::Local { owned: Some(owned), .. }, Some(cluster)) =
+                (&self.target, self.directory.cluster())
+            {
+                owned.0.ensure_publishing(cluster).await?;
+            }
+            match handle.complete(message.clone()).await {
+                Err(ConversationError::Stopped) => {}
+                other => return other,
+            }
+            self.reopen().await.map_err(|_| ConversationError::Stopped)?;
+            if let Some(handle) = self.local_handle() {
+                return handle.complete(message).await;
+            }
+        }
+        // Remote: listen first so no event of the turn slips by, then post and collect.
+        let (mut events, _) = self.try_subscribe(None).await?;
+        let posted = self.post_message(message).await?;
+        let mut text = String::new();
+        loop {
+            let Some(event) = events.recv().await else {
+                return Err(ConversationError::Unavailable);
+            };
+            match &*event {
+                ConversationEvent::Delta { text: piece, .. } => text.push_str(piece),
+                ConversationEvent::Retract { .. } => text.clear(),
+                terminal if terminal.is_terminal() => {
+                    if terminal.reply_to() != Some(posted.message_id.as_str()) {
+                        text.clear();
+                        continue;
+                    }
+                    self.unsubscribe();
+                    return match terminal {
+                        ConversationEvent::Done {
+                            seq,
+                            message_id,
+                            model,
+                            usage,
+                            finish_reason,
+                            cost_micros,
+                            ..
+                        } => Ok(CompletedTurn {
+                            user_message_id: posted.message_id,
+                            message_id: message_id.clone(),
+                            text,
+                            model: model.clone(),
+                            usage: *usage,
+                            finish_reason: *finish_reason,
+                            cost_micros: *cost_micros,
+                            seq: *seq,
+                        }),
+                        ConversationEvent::Error { code, message, .. } => {
+                            Err(ConversationError::Turn {
+                                code: code.clone(),
+                                message: message.clone(),
+                            })
+                        }
+                        _ => Err(ConversationError::Turn {
+                            code: "interrupted".into(),
+                            message: "the turn was interrupted".into(),
+                        }),
+                    };
+                }
+                _ => {}
+            }
         }
     }
 
     /// Cancels the running turn, if any; fire and forget.
     pub fn cancel(&self) {
-        let handle = self.handle.clone();
-        actix_rt::spawn(async move {
-            let _ = handle.cancel().await;
-        });
+        match &self.target {
+            Target::Remote(remote) => {
+                let remote = remote.clone();
+                actix_rt::spawn(async move {
+                    let _ = remote.cancel().await;
+                });
+            }
+            Target::Local { handle, .. } => {
+                let handle = handle.clone();
+                actix_rt::spawn(async move {
+                    let _ = handle.cancel().await;
+                });
+            }
+        }
     }
 
     /// Drops this link's subscription, if any; fire and forget.
     pub fn unsubscribe(&mut self) {
-        if let Some(id) = self.subscriber.take() {
-            let handle = self.handle.clone();
-            actix_rt::spawn(async move {
-                let _ = handle.unsubscribe(id).await;
-            });
+        match self.subscriber.take() {
+            Some(Subscriber::Local(id)) => {
+                if let Target::Local { handle, .. } = &self.target {
+                    let handle = handle.clone();
+                    actix_rt::spawn(async move {
+                        let _ = handle.unsubscribe(id).await;
+                    });
+                }
+            }
+            // Dropping the pump ends it.
+            Some(Subscriber::Remote(_)) | None => {}
         }
     }
 }

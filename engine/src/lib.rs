@@ -12,6 +12,8 @@
 //! - [`store`]: durable state in PostgreSQL (conversation store, migrations, crash sweep);
 //! - [`http`]: the edges — WebSocket chat, REST + SSE, admin inspection, health;
 //! - [`conversations`]: the edges' view of a conversation (principal, link, error mapping);
+//! - [`cluster`]: several nodes sharing conversations through Redis (ownership leases,
+//!   cross-node fan-out, shared counters and cache keys);
 //! - [`server`]: building, running and gracefully stopping the engine;
 //! - [`cli`]: the command line;
 //! - [`telemetry`]: JSON logs, Prometheus metrics, OpenTelemetry traces, SLO reports.
@@ -19,6 +21,7 @@
 pub mod cache;
 pub mod chat_cli;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod conversations;
 pub mod error;

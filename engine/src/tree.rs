@@ -2,7 +2,8 @@
 //! model, the provider side (supervisor, provider actors, router), then the conversation side
 //! (tenant and conversation actors) wired to the router and the store — PostgreSQL when
 //! `[database]` is configured (migrated at start, swept for replies cut by a crash), else
-//! in memory (logged loudly: nothing persists).
+//! in memory (logged loudly: nothing persists). With `[redis]` the node joins the cluster
+//! (`crate::cluster`): conversations are owned by one node and proxied by the others.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +20,9 @@ use actors::turn::TurnRunner;
 use anyhow::Context;
 
 use crate::cache::{Cache, CachingRunner};
+use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::conversations::Directory;
 use crate::providers;
 use crate::store::{PgConversationStore, StoreBackend};
 
@@ -27,7 +30,8 @@ use crate::store::{PgConversationStore, StoreBackend};
 pub struct Tree {
     pub router: Router,
     pub operator: Operator,
-    pub conversations: Conversations,
+    /// Where the edges open conversations (this node's actors, or their owner node's).
+    pub conversations: Directory,
     pub store: Arc<dyn ConversationStore>,
     /// Runs turns: the router behind the response cache. The OpenAI-compatible edge runs its
     /// turns through this too, so it gets the same cache.
@@ -90,6 +94,14 @@ impl Tree {
             conversation_config,
         );
         let conversations = Conversations::new(deps, TenantConfig::default());
+        let cluster = match &config.redis {
+            Some(redis) => Some(
+                Cluster::start(redis, conversations.clone(), store.clone(), registry.clone())
+                    .context("failed to start the cluster (redis)")?,
+            ),
+            None => None,
+        };
+        let conversations = Directory::new(conversations, cluster, config.limits.ws_outbox_events);
         Ok(Tree {
             router: provider_tree.router.clone(),
             operator: provider_tree.operator.clone(),

@@ -234,6 +234,52 @@ impl DatabaseConfig {
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: SecretString,
+    /// Prefix of every key and channel, so deployments (or tests) can share one Redis.
+    #[serde(default = "RedisConfig::default_key_prefix")]
+    pub key_prefix: String,
+    /// This node's id in ownership leases (`SWITCHYARD_NODE_ID`); a fresh UUID per process
+    /// when unset, which is what you want unless you need stable names in logs.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// A conversation's owner lease: renewed every third of this while its actor lives; a
+    /// node that dies hands its conversations over after at most this long.
+    #[serde(default = "RedisConfig::default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// How long a post forwarded to the owner node may take before `unavailable`.
+    #[serde(default = "RedisConfig::default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Deadline of a single Redis command (or connection attempt).
+    #[serde(default = "RedisConfig::default_command_timeout_ms")]
+    pub command_timeout_ms: u64,
+}
+
+impl RedisConfig {
+    pub fn new(url: SecretString) -> Self {
+        Self {
+            url,
+            key_prefix: Self::default_key_prefix(),
+            node_id: None,
+            lease_ttl_ms: Self::default_lease_ttl_ms(),
+            request_timeout_ms: Self::default_request_timeout_ms(),
+            command_timeout_ms: Self::default_command_timeout_ms(),
+        }
+    }
+
+    fn default_key_prefix() -> String {
+        "switchyard:".into()
+    }
+
+    fn default_lease_ttl_ms() -> u64 {
+        10_000
+    }
+
+    fn default_request_timeout_ms() -> u64 {
+        5_000
+    }
+
+    fn default_command_timeout_ms() -> u64 {
+        1_000
+    }
 }
 
 /// `[cache]`: the tenant-scoped response cache (see `crate::cache`).
@@ -378,7 +424,16 @@ impl Config {
             self.cache.model_dir = Some(dir.into());
         }
         if let Some(url) = env.var("REDIS_URL") {
-            self.redis = Some(RedisConfig { url: SecretString::from(url) });
+            match &mut self.redis {
+                Some(redis) => redis.url = SecretString::from(url),
+                None => self.redis = Some(RedisConfig::new(SecretString::from(url))),
+            }
+        }
+        if let Some(node_id) = env.var("SWITCHYARD_NODE_ID") {
+            match &mut self.redis {
+                Some(redis) => redis.node_id = Some(node_id),
+                None => bail!("SWITCHYARD_NODE_ID: only meaningful with REDIS_URL / [redis] url"),
+            }
         }
         if let Some(listen) = env.var("SWITCHYARD_LISTEN") {
             self.server.listen = listen.parse().with_context(|| {
@@ -463,6 +518,17 @@ impl Config {
         }
         if self.models.is_empty() {
             bail!("models: at least one model must be configured");
+        }
+        if let Some(redis) = &self.redis {
+            if redis.lease_ttl_ms < 1000 {
+                bail!("redis.lease_ttl_ms: must be at least 1000");
+            }
+            if redis.key_prefix.is_empty() {
+                bail!("redis.key_prefix: must not be empty");
+            }
+            if redis.request_timeout_ms == 0 || redis.command_timeout_ms == 0 {
+                bail!("redis.request_timeout_ms / command_timeout_ms: must be positive");
+            }
         }
         let thresholds = std::iter::once(("cache", self.cache.similarity_threshold)).chain(
             self.cache

@@ -345,7 +345,7 @@ async fn post_message(
             content: body.content,
             cache: crate::conversations::cache_mode(body.cache.unwrap_or(true)),
         };
-        let turn = link.handle().complete(message).await.map_err(api_error)?;
+        let turn = link.complete(message).await.map_err(api_error)?;
         return Ok(HttpResponse::Ok().json(ReplyView {
             message_id: turn.message_id,
             reply_to: turn.user_message_id,

@@ -1,5 +1,7 @@
 //! `/healthz` (the process is up) and `/readyz` (it can serve: stores reachable, at least one
-//! model endpoint healthy). Load balancers and Kubernetes probes use these.
+//! model endpoint healthy). Load balancers and Kubernetes probes use these. Redis being down
+//! does not make a node unready — it serves from its own state — but `/readyz` says
+//! `"status": "degraded", "redis": "down"`.
 
 use actix_web::{HttpResponse, get, web};
 use actors::registry::{ActorKind, ActorState, CircuitState};
@@ -27,8 +29,20 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let backend = &state.tree.backend;
     let store_reachable = backend.reachable().await;
     let ready = healthy > 0 && store_reachable && !state.shutting_down();
+    // Without Redis a node still serves (on its own state): ready, but degraded.
+    let redis = match state.tree.conversations.cluster() {
+        None => "not_configured",
+        Some(cluster) if cluster.redis_up() => "up",
+        Some(_) => "down",
+    };
+    let status = match (ready, redis) {
+        (false, _) => "not_ready",
+        (true, "down") => "degraded",
+        (true, _) => "ready",
+    };
     let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
+        "status": status,
+        "redis": redis,
         "providers": { "healthy": healthy, "total": providers.len() },
         "store": backend.kind(),
         "store_reachable": store_reachable,

@@ -170,3 +170,67 @@ pub fn assert_gap_free(frames: &[Value]) {
         assert_eq!(pair[1], pair[0] + 1, "seqs must be gap-free: {seqs:?}");
     }
 }
+
+/// A `switchyard` process (the real binary), for tests that must kill a node outright.
+pub struct ProcessNode {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+    _config: std::path::PathBuf,
+}
+
+/// Starts the `switchyard` binary with `config_toml` (listen on port 0 is added) and waits
+/// for it to print its address.
+pub fn spawn_process_node(name: &str, config_toml: &str) -> ProcessNode {
+    use std::io::BufRead;
+    let path =
+        std::env::temp_dir().join(format!("switchyard-{name}-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, format!("[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\nshutdown_grace_secs = 1\n{config_toml}")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env("SWITCHYARD_LOG_FORMAT", "text")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("switchyard starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("Switchyard is listening on http://") {
+                let _ = tx.send(url.trim().to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the node prints its address");
+    ProcessNode { addr: addr.parse().unwrap(), child, _config: path }
+}
+
+impl ProcessNode {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn ws_connect(&self, conversation_id: &str) -> Ws {
+        let url = format!("ws://{}/ws/{conversation_id}", self.addr);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        ws
+    }
+
+    /// `kill -9`: no shutdown, no lease release, unsaved events lost.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self._config);
+    }
+}
