@@ -519,6 +519,17 @@ impl Config {
         if self.models.is_empty() {
             bail!("models: at least one model must be configured");
         }
+        let thresholds = std::iter::once(("cache", self.cache.similarity_threshold)).chain(
+            self.cache
+                .tenants
+                .iter()
+                .filter_map(|(t, c)| c.similarity_threshold.map(|s| (t.as_str(), s))),
+        );
+        for (at, threshold) in thresholds {
+            if !(0.0..=1.0).contains(&threshold) {
+                bail!("{at}: similarity_threshold must be between 0 and 1");
+            }
+        }
         if let Some(redis) = &self.redis {
             if redis.lease_ttl_ms < 1000 {
                 bail!("redis.lease_ttl_ms: must be at least 1000");

@@ -1,0 +1,43 @@
+//! `GET /api/v1/cache` (the caller's tenant's cache counters) and `DELETE /api/v1/cache`
+//! (purge the caller's tenant's cache). Both act on the caller's tenant only: there is no
+//! way to name another tenant here.
+//!
+//! The purge is an administrative act. Until the engine authenticates callers every request
+//! is the embedded principal (the one tenant's owner); when roles arrive this handler must
+//! require an admin role of the tenant.
+
+use actix_web::{HttpResponse, delete, get, web};
+use serde_json::json;
+
+use crate::conversations::Principal;
+use crate::error::ApiError;
+use crate::server::AppState;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(stats).service(purge);
+}
+
+fn caller() -> Principal {
+    Principal::embedded()
+}
+
+#[get("/api/v1/cache")]
+async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let principal = caller();
+    let cache = state.tree.cache.as_ref().ok_or_else(|| ApiError::not_found("the cache is off"))?;
+    let policy = cache.policy(&principal.tenant_id);
+    Ok(HttpResponse::Ok().json(json!({
+        "exact": policy.exact,
+        "semantic": policy.semantic && cache.semantic_available(),
+        "stats": cache.stats(&principal.tenant_id),
+    })))
+}
+
+#[delete("/api/v1/cache")]
+async fn purge(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let principal = caller();
+    let cache = state.tree.cache.as_ref().ok_or_else(|| ApiError::not_found("the cache is off"))?;
+    let purged = cache.purge(&principal.tenant_id);
+    tracing::info!(tenant = %principal.tenant_id, purged, "cache purged");
+    Ok(HttpResponse::Ok().json(json!({ "purged": purged })))
+}
