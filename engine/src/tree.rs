@@ -20,7 +20,6 @@ use actors::turn::TurnRunner;
 use anyhow::Context;
 
 use crate::cache::{Cache, CachingRunner};
-use crate::cache::{Cache, CachingRunner};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::conversations::Directory;
@@ -73,17 +72,6 @@ impl Tree {
             .context("failed to start the provider tree")?;
 
         let store = backend.port();
-        let router: Arc<dyn TurnRunner> = Arc::new(provider_tree.router.clone());
-        let cache =
-            if config.cache.exact || config.cache.semantic || !config.cache.tenants.is_empty() {
-                Some(Arc::new(Cache::from_config(&config.cache, &http)?))
-            } else {
-                None
-            };
-        let runner: Arc<dyn TurnRunner> = match &cache {
-            Some(cache) => Arc::new(CachingRunner::new(router, cache.clone())),
-            None => router,
-        };
         let router: Arc<dyn TurnRunner> = Arc::new(provider_tree.router.clone());
         let cache =
             if config.cache.exact || config.cache.semantic || !config.cache.tenants.is_empty() {
