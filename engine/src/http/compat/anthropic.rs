@@ -15,8 +15,7 @@ use super::openai::push_merged;
 use super::turn::{self, Finish, Piece, Pieces};
 use super::{
     CompatError, Flavor, MAX_MESSAGES, MAX_STOP_SEQUENCES, MAX_USER_BYTES, Recorder, authenticate,
-    conversation_id, model_known, new_request_id, outcome_headers, parse_object, read_body,
-    stream_headers,
+    conversation_id, model_known, outcome_headers, parse_object, read_body, stream_headers,
 };
 use crate::server::AppState;
 
@@ -242,7 +241,7 @@ pub async fn messages(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let request_id = new_request_id();
+    let request_id = super::request_id(&req);
     match handle(&req, &state, payload, &request_id).await {
         Ok(response) => response,
         Err(error) => error.response(Flavor::Anthropic, &request_id),

@@ -76,9 +76,19 @@ pub fn authenticate(_req: &HttpRequest, _state: &AppState) -> Result<Principal, 
     Ok(Principal::embedded())
 }
 
-/// A fresh id for one request, sent back as `x-request-id` and used in the response ids.
-pub fn new_request_id() -> String {
-    uuid::Uuid::now_v7().simple().to_string()
+/// The id of one request, used in the response ids (`chatcmpl-…`, `msg_…`) and logs: the
+/// caller's `x-request-id` when it sent a short, plain one (the telemetry middleware echoes
+/// that same value in the response header), else a fresh one.
+pub fn request_id(req: &HttpRequest) -> String {
+    req.headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_owned)
 }
 
 /// Unix seconds now.
@@ -463,7 +473,7 @@ fn anthropic_model(entry: &ModelEntry<'_>, created: u64) -> Value {
 
 /// `GET /v1/models`: OpenAI's list shape, or Anthropic's when `anthropic-version` is sent.
 async fn list_models(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let request_id = new_request_id();
+    let request_id = request_id(&req);
     let flavor = flavor_of(&req);
     let principal = match authenticate(&req, &state) {
         Ok(p) => p,
@@ -492,7 +502,7 @@ async fn get_model(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> HttpResponse {
-    let request_id = new_request_id();
+    let request_id = request_id(&req);
     let flavor = flavor_of(&req);
     let principal = match authenticate(&req, &state) {
         Ok(p) => p,

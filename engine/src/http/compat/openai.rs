@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use super::turn::{self, Finish, Piece, Pieces};
 use super::{
     CompatError, Flavor, MAX_MESSAGES, MAX_STOP_SEQUENCES, MAX_USER_BYTES, Recorder, authenticate,
-    conversation_id, model_known, new_request_id, openai_usage, outcome_headers, parse_object,
-    read_body, stream_headers, unix_now,
+    conversation_id, model_known, openai_usage, outcome_headers, parse_object, read_body,
+    stream_headers, unix_now,
 };
 use crate::server::AppState;
 
@@ -347,7 +347,7 @@ pub async fn chat_completions(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let request_id = new_request_id();
+    let request_id = super::request_id(&req);
     match handle(&req, &state, payload, &request_id).await {
         Ok(response) => response,
         Err(error) => error.response(Flavor::OpenAi, &request_id),
