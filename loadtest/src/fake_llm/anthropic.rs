@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::stream::{BodyFault, Faults, TokenStream, Wire, generation_time, truncated_body};
-use super::text::{Finish, Generation, word_count};
+use super::text::{Finish, Generation, prompt_and_partial, word_count};
 use super::{Scenario, Shared, hang_forever, random_id};
 
 /// The context window quoted by `error_code=context_length_exceeded`.
@@ -126,6 +126,8 @@ struct MessagesRequest {
     stream: bool,
     stop_sequences: Vec<String>,
     prompt: String,
+    /// A cut-off answer to continue (prefill, or a request to continue it).
+    partial: Option<String>,
     ends_with_assistant: bool,
 }
 
@@ -152,13 +154,12 @@ fn parse_messages(body: &Value) -> Result<MessagesRequest, String> {
     if messages.is_empty() {
         return Err("messages: at least one message is required".into());
     }
-    let mut prompt = String::new();
+    let mut turns: Vec<(&str, String)> = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         match m.get("role").and_then(Value::as_str) {
-            Some("user") => {
-                prompt = blocks_text(m.get("content").unwrap_or(&Value::Null));
+            Some(role @ ("user" | "assistant")) => {
+                turns.push((role, blocks_text(m.get("content").unwrap_or(&Value::Null))));
             }
-            Some("assistant") => {}
             Some("system") => {
                 return Err(
                     "messages: Unexpected role \"system\". The Messages API accepts a top-level `system` parameter, not \"system\" as an input message role."
@@ -206,12 +207,14 @@ fn parse_messages(body: &Value) -> Result<MessagesRequest, String> {
     };
     let ends_with_assistant =
         messages.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant");
+    let (prompt, partial) = prompt_and_partial(&turns);
     Ok(MessagesRequest {
         model,
         max_tokens,
         stream: obj.get("stream").and_then(Value::as_bool).unwrap_or(false),
         stop_sequences,
         prompt,
+        partial,
         ends_with_assistant,
     })
 }
@@ -263,13 +266,16 @@ pub(crate) async fn messages(
             "This model does not support assistant message prefill. The conversation must end with a user message.",
         );
     }
-    let generation = Generation::new(
+    let mut generation = Generation::new(
         &msg.prompt,
         scenario.seed,
         scenario.tokens,
         Some(msg.max_tokens),
         msg.stop_sequences.clone(),
     );
+    if let Some(partial) = &msg.partial {
+        generation = generation.continue_after(partial);
+    }
     let id = format!("msg_01{}", random_id(22));
     if msg.stream {
         let wire = AnthropicWire { message_start: message_start(&id, &msg.model, input_tokens) };

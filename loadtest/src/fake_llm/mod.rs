@@ -13,7 +13,10 @@
 //!
 //! Behaviour per request comes from a [`Scenario`]: the server's defaults, overridden by the
 //! `x-fake-llm` header (`scenario.rs`); the SSE body is `stream.rs`, the text `text.rs`. The generated text is [`deterministic_text`] of the
-//! **last user message's text** and the scenario's `seed`, so tests can assert it exactly.
+//! **last user message's text** and the scenario's `seed`, so tests can assert it exactly. A
+//! request that hands back the start of that text to be continued — a trailing assistant
+//! message (prefill), or the partial answer followed by a request to continue it — gets the
+//! rest of it, as a real model would, so a failover's joined text can be asserted exactly too.
 //! Prompt tokens are the whitespace-separated words of every message (and the system prompt),
 //! plus 3 per message and 3 for the reply; output tokens are the tokens actually sent.
 //!

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::stream::{BodyFault, Faults, TokenStream, Wire, generation_time, truncated_body};
-use super::text::{Finish, Generation, word_count};
+use super::text::{Finish, Generation, prompt_and_partial, word_count};
 use super::{Scenario, Shared, hang_forever, random_id, unix_now};
 
 /// Stable per backend configuration, as the real field is.
@@ -173,6 +173,8 @@ struct ChatRequest {
     max_tokens: Option<u64>,
     stop: Vec<String>,
     prompt: String,
+    /// A cut-off answer to continue (prefill, or a request to continue it).
+    partial: Option<String>,
     ends_with_assistant: bool,
 }
 
@@ -208,7 +210,7 @@ fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
             ));
         }
     };
-    let mut prompt = String::new();
+    let mut turns: Vec<(&str, String)> = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         let param = format!("messages[{i}].role");
         let role = match m.get("role") {
@@ -237,10 +239,11 @@ fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
                 Some("invalid_value"),
             ));
         }
-        if role == "user" {
-            prompt = content_text(m.get("content").unwrap_or(&Value::Null));
+        if role == "user" || role == "assistant" {
+            turns.push((role, content_text(m.get("content").unwrap_or(&Value::Null))));
         }
     }
+    let (prompt, partial) = prompt_and_partial(&turns);
     let ends_with_assistant =
         messages.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant");
 
@@ -301,7 +304,16 @@ fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
             ));
         }
     };
-    Ok(ChatRequest { model, stream, include_usage, max_tokens, stop, prompt, ends_with_assistant })
+    Ok(ChatRequest {
+        model,
+        stream,
+        include_usage,
+        max_tokens,
+        stop,
+        prompt,
+        partial,
+        ends_with_assistant,
+    })
 }
 
 /// `POST /v1/chat/completions`.
@@ -352,13 +364,16 @@ pub(crate) async fn chat_completions(
         )
         .into_response(None);
     }
-    let generation = Generation::new(
+    let mut generation = Generation::new(
         &chat.prompt,
         scenario.seed,
         scenario.tokens,
         chat.max_tokens,
         chat.stop.clone(),
     );
+    if let Some(partial) = &chat.partial {
+        generation = generation.continue_after(partial);
+    }
     let id = format!("chatcmpl-{}", random_id(29));
     let created = unix_now();
     if chat.stream {

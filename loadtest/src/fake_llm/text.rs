@@ -175,6 +175,32 @@ impl Generation {
         Step::Token(token)
     }
 
+    /// Continues `partial` instead of starting afresh, as a real model does when it is given
+    /// the start of its own answer: when `partial` is (up to trailing whitespace) the first
+    /// `k` tokens of this generation, those are skipped and `k` comes off the token budget.
+    /// Anything else is not ours to continue and is ignored: the answer starts from scratch.
+    pub(crate) fn continue_after(mut self, partial: &str) -> Self {
+        let target = partial.trim_end();
+        if target.is_empty() {
+            return self;
+        }
+        let mut probe = self.tokens.clone();
+        let mut so_far = String::new();
+        for k in 1..=self.remaining {
+            so_far.push_str(probe.next_token());
+            let trimmed = so_far.trim_end();
+            if trimmed == target {
+                self.tokens = probe;
+                self.remaining -= k;
+                return self;
+            }
+            if !target.starts_with(trimmed) {
+                break;
+            }
+        }
+        self
+    }
+
     /// Runs to the end: the full text, its token count and why it ended.
     pub(crate) fn collect(mut self) -> (String, u32, Finish) {
         let mut text = String::new();
@@ -188,6 +214,38 @@ impl Generation {
                 Step::End(finish) => return (text, n, finish),
             }
         }
+    }
+}
+
+/// How a client asks a model to go on with an answer that was cut off, as opposed to asking
+/// a new question: the user message that follows the partial answer mentions both.
+fn is_continuation_request(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("continue") && (lower.contains("cut off") || lower.contains("where it stopped"))
+}
+
+/// Reads a conversation (role, text) the way the generator needs it: the prompt is the latest
+/// real user message, and the partial answer to continue, if any, is a trailing assistant
+/// message (prefill) or an assistant message followed by a request to continue it.
+pub(crate) fn prompt_and_partial(turns: &[(&str, String)]) -> (String, Option<String>) {
+    let latest_user = |turns: &[(&str, String)]| {
+        turns
+            .iter()
+            .rev()
+            .find(|(role, _)| *role == "user")
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default()
+    };
+    match turns {
+        [.., (role, partial)] if *role == "assistant" => {
+            (latest_user(&turns[..turns.len() - 1]), Some(partial.clone()))
+        }
+        [.., (assistant, partial), (user, request)]
+            if *assistant == "assistant" && *user == "user" && is_continuation_request(request) =>
+        {
+            (latest_user(&turns[..turns.len() - 2]), Some(partial.clone()))
+        }
+        _ => (latest_user(turns), None),
     }
 }
 
@@ -214,6 +272,43 @@ mod tests {
             assert_eq!(serde_json::to_string(w).unwrap(), format!("\"{w}\""));
         }
         assert!(VOCAB.iter().any(|w| w.len() != w.chars().count()));
+    }
+
+    #[test]
+    fn a_partial_answer_is_continued_not_repeated() {
+        let full = deterministic_text("q", 0, 10).concat();
+        let first4 = deterministic_text("q", 0, 4).concat();
+        let (rest, n, _) =
+            Generation::new("q", 0, 10, None, Vec::new()).continue_after(&first4).collect();
+        assert_eq!(format!("{first4}{rest}"), full);
+        assert_eq!(n, 6);
+        // Trailing whitespace trimmed by a client (Anthropic prefill) still matches.
+        let (rest, _, _) = Generation::new("q", 0, 10, None, Vec::new())
+            .continue_after(first4.trim_end())
+            .collect();
+        assert_eq!(format!("{first4}{rest}"), full);
+        // Someone else's text is not continued.
+        let (fresh, _, _) =
+            Generation::new("q", 0, 10, None, Vec::new()).continue_after("nope").collect();
+        assert_eq!(fresh, full);
+    }
+
+    #[test]
+    fn continuations_are_recognised_by_shape() {
+        let turns = [("user", "hi".to_owned()), ("assistant", "par".to_owned())];
+        assert_eq!(prompt_and_partial(&turns), ("hi".into(), Some("par".into())));
+        let turns = [
+            ("user", "hi".to_owned()),
+            ("assistant", "par".to_owned()),
+            (
+                "user",
+                "Your previous reply was cut off. Continue it exactly where it stopped.".to_owned(),
+            ),
+        ];
+        assert_eq!(prompt_and_partial(&turns), ("hi".into(), Some("par".into())));
+        let turns =
+            [("user", "hi".to_owned()), ("assistant", "a".to_owned()), ("user", "next".to_owned())];
+        assert_eq!(prompt_and_partial(&turns), ("next".into(), None));
     }
 
     #[test]
