@@ -90,21 +90,38 @@ impl VectorIndex {
             (0..self.len()).collect()
         } else {
             let q = sign_code(query);
-            let mut ranked: Vec<(u32, u32)> = self
+            // Hamming distances, then a counting selection over the few possible distances
+            // (0..=dims): linear, allocation-light and without a sort's bad cases.
+            let distances: Vec<u16> = self
                 .codes
                 .chunks_exact(self.words)
-                .enumerate()
-                .map(|(i, code)| {
-                    let d = code.iter().zip(&q).map(|(a, b)| (a ^ b).count_ones()).sum::<u32>();
-                    (d, i as u32)
+                .map(|code| {
+                    code.iter().zip(&q).map(|(a, b)| (a ^ b).count_ones()).sum::<u32>() as u16
                 })
                 .collect();
-            let keep = RERANK.max(k).min(ranked.len());
-            if keep < ranked.len() {
-                ranked.select_nth_unstable(keep - 1);
-                ranked.truncate(keep);
+            let mut histogram = vec![0usize; self.dims + 1];
+            for d in &distances {
+                histogram[usize::from(*d).min(self.dims)] += 1;
             }
-            ranked.into_iter().map(|(_, i)| i as usize).collect()
+            let want = RERANK.max(k);
+            let (mut cutoff, mut below) = (0usize, 0usize);
+            while cutoff < histogram.len() && below + histogram[cutoff] <= want {
+                below += histogram[cutoff];
+                cutoff += 1;
+            }
+            // Every entry closer than `cutoff`, then entries at `cutoff` until `want`.
+            let mut at_cutoff = want.saturating_sub(below);
+            let mut picked = Vec::with_capacity(want);
+            for (i, d) in distances.iter().enumerate() {
+                let d = usize::from(*d);
+                if d < cutoff {
+                    picked.push(i);
+                } else if d == cutoff && at_cutoff > 0 {
+                    at_cutoff -= 1;
+                    picked.push(i);
+                }
+            }
+            picked
         };
         let mut scored: Vec<(u64, f32)> = candidates
             .into_iter()
