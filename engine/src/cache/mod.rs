@@ -66,7 +66,9 @@ impl TenantPolicy {
         TenantPolicy {
             exact: t.exact.unwrap_or(config.exact),
             semantic: t.semantic.unwrap_or(config.semantic),
-            similarity_threshold: t.similarity_threshold.unwrap_or(config.similarity_threshold),
+            similarity_threshold: t
+                .similarity_threshold
+                .unwrap_or(config.similarity_threshold),
             verify: VerifyPolicy {
                 max_unmatched_terms: t.max_unmatched_terms.unwrap_or(config.max_unmatched_terms),
                 strict_order: config.strict_order,
@@ -163,8 +165,12 @@ impl TenantCache {
     }
 
     fn sweep_expired(&mut self, now: Instant) {
-        let expired: Vec<u64> =
-            self.entries.iter().filter(|(_, e)| e.expires <= now).map(|(id, _)| *id).collect();
+        let expired: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for id in expired {
             self.remove(id);
         }
@@ -251,7 +257,9 @@ impl Cache {
     /// The settings in force for `tenant`.
     pub fn policy(&self, tenant: &str) -> TenantPolicy {
         let overrides = lock(&self.overrides);
-        let configured = overrides.get(tenant).or_else(|| self.config.tenants.get(tenant));
+        let configured = overrides
+            .get(tenant)
+            .or_else(|| self.config.tenants.get(tenant));
         TenantPolicy::from_config(&self.config, configured)
     }
 
@@ -276,12 +284,18 @@ impl Cache {
         if request.temperature.unwrap_or(1.0) > policy.max_temperature {
             return Lookup::Skip;
         }
-        let Some(key) = key::key_for(model, request) else { return Lookup::Skip };
+        let Some(key) = key::key_for(model, request) else {
+            return Lookup::Skip;
+        };
         let now = (self.clock)();
-        if policy.exact
-            && let Some(answer) = self.exact_hit(tenant, &key, now)
-        {
-            return answer;
+        if policy.exact {
+            if let Some(answer) = self.exact_hit(tenant, &key, now) {
+                metrics::counter!("switchyard_cache_lookups_total", "kind" => "exact", "result" => "hit")
+                    .increment(1);
+                return answer;
+            }
+            metrics::counter!("switchyard_cache_lookups_total", "kind" => "exact", "result" => "miss")
+                .increment(1);
         }
         let vector = match (&self.embedder, semantic) {
             (Some(embedder), true) => match embedder.embed(key.prompt.clone()).await {
@@ -296,7 +310,13 @@ impl Cache {
         if let (Some(v), Some(embedder)) = (&vector, &self.embedder)
             && let Some(hit) = self.semantic_hit(tenant, &key, v, embedder.space(), &policy, now)
         {
+            metrics::counter!("switchyard_cache_lookups_total", "kind" => "semantic", "result" => "hit")
+                .increment(1);
             return hit;
+        }
+        if vector.is_some() {
+            metrics::counter!("switchyard_cache_lookups_total", "kind" => "semantic", "result" => "miss")
+                .increment(1);
         }
         let mut tenants = lock(&self.tenants);
         tenants.entry(tenant.to_owned()).or_default().stats.misses += 1;
@@ -314,7 +334,10 @@ impl Cache {
         let answer = self.touch(t, id)?;
         t.stats.exact_hits += 1;
         self.saved(t, tenant, &answer, CacheStatus::Exact);
-        Some(Lookup::Hit { answer, kind: CacheStatus::Exact })
+        Some(Lookup::Hit {
+            answer,
+            kind: CacheStatus::Exact,
+        })
     }
 
     fn semantic_hit(
@@ -333,7 +356,9 @@ impl Cache {
             if similarity < policy.similarity_threshold {
                 break;
             }
-            let Some(entry) = t.entries.get(&id) else { continue };
+            let Some(entry) = t.entries.get(&id) else {
+                continue;
+            };
             if entry.expires <= now {
                 t.remove(id);
                 continue;
@@ -346,7 +371,10 @@ impl Cache {
                     let answer = self.touch(t, id)?;
                     t.stats.semantic_hits += 1;
                     self.saved(t, tenant, &answer, CacheStatus::Semantic);
-                    return Some(Lookup::Hit { answer, kind: CacheStatus::Semantic });
+                    return Some(Lookup::Hit {
+                        answer,
+                        kind: CacheStatus::Semantic,
+                    });
                 }
                 Verdict::Different(reason) => {
                     t.stats.rejected_by_verification += 1;
@@ -364,7 +392,9 @@ impl Cache {
 
     /// Marks entry `id` used now and returns its answer.
     fn touch(&self, t: &mut TenantCache, id: u64) -> Option<CachedAnswer> {
-        let tick = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tick = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let entry = t.entries.get_mut(&id)?;
         t.lru.remove(&entry.tick);
         entry.tick = tick;
@@ -397,7 +427,9 @@ impl Cache {
             return;
         }
         let now = (self.clock)();
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let space = match (&vector, &self.embedder) {
             (Some(_), Some(e)) => Some(e.space().to_owned()),
             _ => None,
@@ -412,11 +444,16 @@ impl Cache {
             t.sweep_expired(now);
         }
         while t.entries.len() >= policy.max_entries {
-            let Some((_, oldest)) = t.lru.pop_first() else { break };
+            let Some((_, oldest)) = t.lru.pop_first() else {
+                break;
+            };
             t.remove(oldest);
         }
         if let Some(v) = &vector {
-            t.indexes.entry(key.scope).or_insert_with(|| VectorIndex::new(v.len())).insert(id, v);
+            t.indexes
+                .entry(key.scope)
+                .or_insert_with(|| VectorIndex::new(v.len()))
+                .insert(id, v);
         }
         t.exact.insert(key.exact, id);
         t.lru.insert(id, id);
@@ -454,7 +491,10 @@ impl Cache {
     pub fn stats(&self, tenant: &str) -> CacheStats {
         let tenants = lock(&self.tenants);
         match tenants.get(tenant) {
-            Some(t) => CacheStats { entries: t.entries.len(), ..t.stats.clone() },
+            Some(t) => CacheStats {
+                entries: t.entries.len(),
+                ..t.stats.clone()
+            },
             None => CacheStats::default(),
         }
     }

@@ -36,20 +36,44 @@ impl TurnRunner for CachingRunner {
     fn run_turn(&self, request: TurnRequest) -> TurnStream {
         let inner = self.inner.clone();
         let cache = self.cache.clone();
+        // The caller's (turn) span: the stream is polled outside it, so the lookup and the
+        // router's spans are parented explicitly.
+        let span = tracing::Span::current();
         let lookup = async move {
-            let outcome = cache
-                .lookup(&request.tenant_id, &request.model, &request.request, request.cache)
-                .await;
+            let lookup_span =
+                tracing::info_span!(parent: &span, "cache.lookup", result = tracing::field::Empty);
+            let outcome = tracing::Instrument::instrument(
+                cache.lookup(
+                    &request.tenant_id,
+                    &request.model,
+                    &request.request,
+                    request.cache,
+                ),
+                lookup_span.clone(),
+            )
+            .await;
+            lookup_span.record(
+                "result",
+                match &outcome {
+                    Lookup::Hit {
+                        kind: CacheStatus::Exact,
+                        ..
+                    } => "exact_hit",
+                    Lookup::Hit { .. } => "semantic_hit",
+                    Lookup::Miss { .. } => "miss",
+                    Lookup::Skip => "skip",
+                },
+            );
+            drop(lookup_span);
             match outcome {
                 Lookup::Hit { answer, kind } => replay(answer, kind),
-                Lookup::Skip => inner.run_turn(request),
+                Lookup::Skip => span.in_scope(|| inner.run_turn(request)),
                 Lookup::Miss { key, vector } => {
                     let tenant = request.tenant_id.clone();
                     let mut text = String::new();
                     let mut clean = true;
                     let mut pending = Some((key, vector));
-                    inner
-                        .run_turn(request)
+                    span.in_scope(|| inner.run_turn(request))
                         .map(move |item| {
                             match &item {
                                 Ok(TurnEvent::Delta(piece)) => text.push_str(piece),
@@ -89,8 +113,10 @@ impl TurnRunner for CachingRunner {
 /// The cached answer as a stream of deltas (a few words each, as a model streams) and a
 /// zero-cost summary.
 fn replay(answer: CachedAnswer, kind: CacheStatus) -> TurnStream {
-    let mut events: Vec<Result<TurnEvent, actors::turn::TurnError>> =
-        chunks(&answer.text).into_iter().map(|c| Ok(TurnEvent::Delta(c))).collect();
+    let mut events: Vec<Result<TurnEvent, actors::turn::TurnError>> = chunks(&answer.text)
+        .into_iter()
+        .map(|c| Ok(TurnEvent::Delta(c)))
+        .collect();
     events.push(Ok(TurnEvent::Finished(TurnSummary {
         model: answer.model,
         provider: "cache".into(),

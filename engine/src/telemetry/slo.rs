@@ -83,8 +83,11 @@ impl Counts {
     }
 }
 
+/// One sample line: metric name, labels (unescaped values) and value.
+pub type Sample<'a> = (&'a str, Vec<(&'a str, String)>, f64);
+
 /// `name{a="x",b="y"} value` → its parts; `None` for comments, blanks and malformed lines.
-pub fn parse_sample(line: &str) -> Option<(&str, Vec<(&str, String)>, f64)> {
+pub fn parse_sample(line: &str) -> Option<Sample<'_>> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;

@@ -48,9 +48,16 @@ pub struct SessionParams {
 
 /// Runs the session until the client leaves, misbehaves, or the engine shuts down.
 pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: SessionParams) {
-    let SessionParams { mut link, limits, mut shutdown } = params;
+    let SessionParams {
+        mut link,
+        limits,
+        mut shutdown,
+    } = params;
     let write_timeout = Duration::from_millis(limits.ws_write_timeout_ms);
-    let mut writer = Writer { session: session.clone(), timeout: write_timeout };
+    let mut writer = Writer {
+        session: session.clone(),
+        timeout: write_timeout,
+    };
     let mut bucket = TokenBucket::new(limits.ws_frames_per_second, limits.ws_frame_burst);
     let mut violations = 0u32;
     let mut events: Option<mpsc::Receiver<Arc<ConversationEvent>>> = None;
@@ -94,7 +101,12 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
                 }
                 violations = 0;
                 let frame = match parse_client_frame(&text, limits.ws_max_frame_bytes) {
-                    Ok(frame) => frame,
+                    Ok(frame) => {
+                        let kind = client_frame_type(&frame);
+                        metrics::counter!("switchyard_websocket_frames_total", "direction" => "in", "type" => kind)
+                            .increment(1);
+                        frame
+                    }
                     Err(e) => {
                         if writer.error(e.code(), &e.message()).await.is_err() { break End::Drop }
                         continue;
@@ -140,6 +152,9 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
                             Ok(json) => json,
                             Err(_) => continue,
                         };
+                        let kind = event_type(&json);
+                        metrics::counter!("switchyard_websocket_frames_total", "direction" => "out", "type" => kind)
+                            .increment(1);
                         if writer.text(json).await.is_err() { break End::Drop }
                     }
                     // The actor dropped us for falling behind (or stopped): tell the client to
@@ -164,11 +179,43 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
             let _ = tokio::time::timeout(write_timeout, session.close(None)).await;
         }
         End::Close(code, description) => {
-            let reason = CloseReason { code, description: Some(description.to_owned()) };
+            let reason = CloseReason {
+                code,
+                description: Some(description.to_owned()),
+            };
             let _ = tokio::time::timeout(write_timeout, session.close(Some(reason))).await;
         }
         // Dropping the session ends the response stream; actix-http closes the connection.
         End::Drop => drop(session),
+    }
+}
+
+/// The `type` of a client frame, as the frames metric labels it.
+fn client_frame_type(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::Auth { .. } => "auth",
+        ClientFrame::UserMessage { .. } => "user_message",
+        ClientFrame::Cancel(_) => "cancel",
+        ClientFrame::Resume { .. } => "resume",
+        ClientFrame::Ping(_) => "ping",
+    }
+}
+
+/// The `type` of a serialized conversation event (serde writes the tag first), from a fixed
+/// set so the label stays bounded whatever new events appear.
+fn event_type(json: &str) -> &'static str {
+    let tag = json
+        .strip_prefix("{\"type\":\"")
+        .and_then(|rest| rest.split('"').next());
+    match tag {
+        Some("ack") => "ack",
+        Some("delta") => "delta",
+        Some("failover") => "failover",
+        Some("retract") => "retract",
+        Some("done") => "done",
+        Some("error") => "error",
+        Some("interrupted") => "interrupted",
+        _ => "other",
     }
 }
 
@@ -199,6 +246,12 @@ impl Writer {
     }
 
     async fn frame(&mut self, frame: &SessionFrame<'_>) -> Result<(), WriteFailed> {
+        let kind = match frame {
+            SessionFrame::Pong => "pong",
+            SessionFrame::Error { .. } => "error",
+        };
+        metrics::counter!("switchyard_websocket_frames_total", "direction" => "out", "type" => kind)
+            .increment(1);
         self.text(frame.to_json()).await
     }
 
