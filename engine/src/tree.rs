@@ -63,25 +63,15 @@ impl Tree {
                 .iter()
                 .map(|m| (m.name.clone(), m.fallbacks.clone()))
                 .collect(),
-            aliases: config
-                .routing
-                .aliases
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            aliases: config.routing.aliases.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             ..RouterConfig::default()
         };
-        let mut tree_config = ProviderTreeConfig {
-            router: router_config,
-            ..ProviderTreeConfig::default()
-        };
+        let mut tree_config =
+            ProviderTreeConfig { router: router_config, ..ProviderTreeConfig::default() };
         // The provider kind labels legs, metrics and spans; the actor would default to `mock`.
         for model in &config.models {
             let provider = model.endpoint.provider.as_str().to_owned();
-            let actor = actors::provider::ProviderActorConfig {
-                provider,
-                ..Default::default()
-            };
+            let actor = actors::provider::ProviderActorConfig { provider, ..Default::default() };
             tree_config.models.insert(model.name.clone(), actor);
         }
         let provider_tree = ProviderTree::start(tree_config, adapters, &registry)
@@ -112,13 +102,8 @@ impl Tree {
         let conversations = Conversations::new(deps, TenantConfig::default());
         let cluster = match &config.redis {
             Some(redis) => Some(
-                Cluster::start(
-                    redis,
-                    conversations.clone(),
-                    store.clone(),
-                    registry.clone(),
-                )
-                .context("failed to start the cluster (redis)")?,
+                Cluster::start(redis, conversations.clone(), store.clone(), registry.clone())
+                    .context("failed to start the cluster (redis)")?,
             ),
             None => None,
         };
@@ -171,10 +156,7 @@ async fn open_store(config: &Config) -> anyhow::Result<StoreBackend> {
         let report = pg.migrate().await?;
         tracing::info!(applied = ?report.applied, current = ?report.current, "database migrated");
     }
-    pg.ping()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("the database does not answer")?;
+    pg.ping().await.map_err(|e| anyhow::anyhow!("{e}")).context("the database does not answer")?;
     let sweeper = pg.clone();
     let every = std::time::Duration::from_secs(database.sweep_interval_secs.max(1));
     let stale = std::time::Duration::from_secs(database.sweep_stale_after_secs);

@@ -66,9 +66,7 @@ impl TenantPolicy {
         TenantPolicy {
             exact: t.exact.unwrap_or(config.exact),
             semantic: t.semantic.unwrap_or(config.semantic),
-            similarity_threshold: t
-                .similarity_threshold
-                .unwrap_or(config.similarity_threshold),
+            similarity_threshold: t.similarity_threshold.unwrap_or(config.similarity_threshold),
             verify: VerifyPolicy {
                 max_unmatched_terms: t.max_unmatched_terms.unwrap_or(config.max_unmatched_terms),
                 strict_order: config.strict_order,
@@ -165,12 +163,8 @@ impl TenantCache {
     }
 
     fn sweep_expired(&mut self, now: Instant) {
-        let expired: Vec<u64> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.expires <= now)
-            .map(|(id, _)| *id)
-            .collect();
+        let expired: Vec<u64> =
+            self.entries.iter().filter(|(_, e)| e.expires <= now).map(|(id, _)| *id).collect();
         for id in expired {
             self.remove(id);
         }
@@ -257,9 +251,7 @@ impl Cache {
     /// The settings in force for `tenant`.
     pub fn policy(&self, tenant: &str) -> TenantPolicy {
         let overrides = lock(&self.overrides);
-        let configured = overrides
-            .get(tenant)
-            .or_else(|| self.config.tenants.get(tenant));
+        let configured = overrides.get(tenant).or_else(|| self.config.tenants.get(tenant));
         TenantPolicy::from_config(&self.config, configured)
     }
 
@@ -284,9 +276,7 @@ impl Cache {
         if request.temperature.unwrap_or(1.0) > policy.max_temperature {
             return Lookup::Skip;
         }
-        let Some(key) = key::key_for(model, request) else {
-            return Lookup::Skip;
-        };
+        let Some(key) = key::key_for(model, request) else { return Lookup::Skip };
         let now = (self.clock)();
         if policy.exact {
             if let Some(answer) = self.exact_hit(tenant, &key, now) {
@@ -334,10 +324,7 @@ impl Cache {
         let answer = self.touch(t, id)?;
         t.stats.exact_hits += 1;
         self.saved(t, tenant, &answer, CacheStatus::Exact);
-        Some(Lookup::Hit {
-            answer,
-            kind: CacheStatus::Exact,
-        })
+        Some(Lookup::Hit { answer, kind: CacheStatus::Exact })
     }
 
     fn semantic_hit(
@@ -356,9 +343,7 @@ impl Cache {
             if similarity < policy.similarity_threshold {
                 break;
             }
-            let Some(entry) = t.entries.get(&id) else {
-                continue;
-            };
+            let Some(entry) = t.entries.get(&id) else { continue };
             if entry.expires <= now {
                 t.remove(id);
                 continue;
@@ -371,10 +356,7 @@ impl Cache {
                     let answer = self.touch(t, id)?;
                     t.stats.semantic_hits += 1;
                     self.saved(t, tenant, &answer, CacheStatus::Semantic);
-                    return Some(Lookup::Hit {
-                        answer,
-                        kind: CacheStatus::Semantic,
-                    });
+                    return Some(Lookup::Hit { answer, kind: CacheStatus::Semantic });
                 }
                 Verdict::Different(reason) => {
                     t.stats.rejected_by_verification += 1;
@@ -392,9 +374,7 @@ impl Cache {
 
     /// Marks entry `id` used now and returns its answer.
     fn touch(&self, t: &mut TenantCache, id: u64) -> Option<CachedAnswer> {
-        let tick = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tick = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let entry = t.entries.get_mut(&id)?;
         t.lru.remove(&entry.tick);
         entry.tick = tick;
@@ -427,9 +407,7 @@ impl Cache {
             return;
         }
         let now = (self.clock)();
-        let id = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let space = match (&vector, &self.embedder) {
             (Some(_), Some(e)) => Some(e.space().to_owned()),
             _ => None,
@@ -444,16 +422,11 @@ impl Cache {
             t.sweep_expired(now);
         }
         while t.entries.len() >= policy.max_entries {
-            let Some((_, oldest)) = t.lru.pop_first() else {
-                break;
-            };
+            let Some((_, oldest)) = t.lru.pop_first() else { break };
             t.remove(oldest);
         }
         if let Some(v) = &vector {
-            t.indexes
-                .entry(key.scope)
-                .or_insert_with(|| VectorIndex::new(v.len()))
-                .insert(id, v);
+            t.indexes.entry(key.scope).or_insert_with(|| VectorIndex::new(v.len())).insert(id, v);
         }
         t.exact.insert(key.exact, id);
         t.lru.insert(id, id);
@@ -491,10 +464,7 @@ impl Cache {
     pub fn stats(&self, tenant: &str) -> CacheStats {
         let tenants = lock(&self.tenants);
         match tenants.get(tenant) {
-            Some(t) => CacheStats {
-                entries: t.entries.len(),
-                ..t.stats.clone()
-            },
+            Some(t) => CacheStats { entries: t.entries.len(), ..t.stats.clone() },
             None => CacheStats::default(),
         }
     }

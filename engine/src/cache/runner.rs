@@ -43,22 +43,14 @@ impl TurnRunner for CachingRunner {
             let lookup_span =
                 tracing::info_span!(parent: &span, "cache.lookup", result = tracing::field::Empty);
             let outcome = tracing::Instrument::instrument(
-                cache.lookup(
-                    &request.tenant_id,
-                    &request.model,
-                    &request.request,
-                    request.cache,
-                ),
+                cache.lookup(&request.tenant_id, &request.model, &request.request, request.cache),
                 lookup_span.clone(),
             )
             .await;
             lookup_span.record(
                 "result",
                 match &outcome {
-                    Lookup::Hit {
-                        kind: CacheStatus::Exact,
-                        ..
-                    } => "exact_hit",
+                    Lookup::Hit { kind: CacheStatus::Exact, .. } => "exact_hit",
                     Lookup::Hit { .. } => "semantic_hit",
                     Lookup::Miss { .. } => "miss",
                     Lookup::Skip => "skip",
@@ -113,10 +105,8 @@ impl TurnRunner for CachingRunner {
 /// The cached answer as a stream of deltas (a few words each, as a model streams) and a
 /// zero-cost summary.
 fn replay(answer: CachedAnswer, kind: CacheStatus) -> TurnStream {
-    let mut events: Vec<Result<TurnEvent, actors::turn::TurnError>> = chunks(&answer.text)
-        .into_iter()
-        .map(|c| Ok(TurnEvent::Delta(c)))
-        .collect();
+    let mut events: Vec<Result<TurnEvent, actors::turn::TurnError>> =
+        chunks(&answer.text).into_iter().map(|c| Ok(TurnEvent::Delta(c))).collect();
     events.push(Ok(TurnEvent::Finished(TurnSummary {
         model: answer.model,
         provider: "cache".into(),

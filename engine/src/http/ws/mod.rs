@@ -30,30 +30,19 @@ async fn connect(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     if state.shutting_down() {
-        return Err(ApiError::unavailable(
-            "the server is restarting; connect to another node",
-        ));
+        return Err(ApiError::unavailable("the server is restarting; connect to another node"));
     }
-    let link = ConversationLink::open(
-        &state.tree.conversations,
-        Principal::embedded(),
-        &conversation_id,
-    )
-    .await?;
+    let link =
+        ConversationLink::open(&state.tree.conversations, Principal::embedded(), &conversation_id)
+            .await?;
     let (response, session, stream) = actix_ws::handle(&req, body).map_err(|_| {
         ApiError::bad_request("not_websocket", "this endpoint expects a WebSocket upgrade")
     })?;
     let limits = state.config.limits.clone();
     let hard_cap = limits.ws_max_frame_bytes.saturating_mul(HARD_FRAME_FACTOR);
-    let frames = stream
-        .max_frame_size(hard_cap)
-        .aggregate_continuations()
-        .max_continuation_size(hard_cap);
-    let params = session::SessionParams {
-        link,
-        limits,
-        shutdown: state.session_shutdown(),
-    };
+    let frames =
+        stream.max_frame_size(hard_cap).aggregate_continuations().max_continuation_size(hard_cap);
+    let params = session::SessionParams { link, limits, shutdown: state.session_shutdown() };
     let counted = state.clone().into_inner().track_websocket_session();
     metrics::counter!("switchyard_websocket_connections_total").increment(1);
     actix_rt::spawn(async move {

@@ -48,16 +48,9 @@ pub struct SessionParams {
 
 /// Runs the session until the client leaves, misbehaves, or the engine shuts down.
 pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: SessionParams) {
-    let SessionParams {
-        mut link,
-        limits,
-        mut shutdown,
-    } = params;
+    let SessionParams { mut link, limits, mut shutdown } = params;
     let write_timeout = Duration::from_millis(limits.ws_write_timeout_ms);
-    let mut writer = Writer {
-        session: session.clone(),
-        timeout: write_timeout,
-    };
+    let mut writer = Writer { session: session.clone(), timeout: write_timeout };
     let mut bucket = TokenBucket::new(limits.ws_frames_per_second, limits.ws_frame_burst);
     let mut violations = 0u32;
     let mut events: Option<mpsc::Receiver<Arc<ConversationEvent>>> = None;
@@ -179,10 +172,7 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
             let _ = tokio::time::timeout(write_timeout, session.close(None)).await;
         }
         End::Close(code, description) => {
-            let reason = CloseReason {
-                code,
-                description: Some(description.to_owned()),
-            };
+            let reason = CloseReason { code, description: Some(description.to_owned()) };
             let _ = tokio::time::timeout(write_timeout, session.close(Some(reason))).await;
         }
         // Dropping the session ends the response stream; actix-http closes the connection.
@@ -204,9 +194,7 @@ fn client_frame_type(frame: &ClientFrame) -> &'static str {
 /// The `type` of a serialized conversation event (serde writes the tag first), from a fixed
 /// set so the label stays bounded whatever new events appear.
 fn event_type(json: &str) -> &'static str {
-    let tag = json
-        .strip_prefix("{\"type\":\"")
-        .and_then(|rest| rest.split('"').next());
+    let tag = json.strip_prefix("{\"type\":\"").and_then(|rest| rest.split('"').next());
     match tag {
         Some("ack") => "ack",
         Some("delta") => "delta",
