@@ -99,7 +99,13 @@ impl Tree {
             registry.clone(),
             conversation_config,
         );
-        let conversations = Conversations::new(deps, TenantConfig::default());
+        let conversations = Conversations::new(
+            deps,
+            TenantConfig {
+                max_in_flight_turns: config.limits.tenant_turns_in_flight.max(1),
+                ..TenantConfig::default()
+            },
+        );
         let cluster = match &config.redis {
             Some(redis) => Some(
                 Cluster::start(redis, conversations.clone(), store.clone(), registry.clone())

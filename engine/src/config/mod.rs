@@ -85,6 +85,9 @@ pub struct LimitsConfig {
     /// blocks our writes soon (and is dropped at the write deadline) instead of parking
     /// megabytes in the kernel; large enough for full-speed streaming.
     pub socket_send_buffer_bytes: usize,
+    /// Turns generated at once across one tenant's conversations; beyond it new messages are
+    /// refused (`tenant_concurrency`) until one finishes.
+    pub tenant_turns_in_flight: usize,
 }
 
 impl Default for LimitsConfig {
@@ -101,6 +104,7 @@ impl Default for LimitsConfig {
             ws_client_timeout_secs: 45,
             ws_auth_timeout_secs: 10,
             socket_send_buffer_bytes: 64 * 1024,
+            tenant_turns_in_flight: 64,
         }
     }
 }

@@ -45,7 +45,10 @@ pub async fn run(client: &mut tokio_postgres::Client) -> anyhow::Result<Migratio
 
 /// Versions embedded in this build (for `switchyard migrate` and tests).
 pub fn embedded_versions() -> Vec<u32> {
-    embedded::migrations::runner().get_migrations().iter().map(|m| m.version()).collect()
+    let mut versions: Vec<u32> =
+        embedded::migrations::runner().get_migrations().iter().map(|m| m.version()).collect();
+    versions.sort_unstable();
+    versions
 }
 
 /// `switchyard migrate`: applies pending migrations to the configured database and says

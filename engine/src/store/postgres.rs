@@ -147,26 +147,30 @@ fn message_from(row: &Row) -> Result<StoredMessage, StoreError> {
 
 /// Creates-or-appends a streaming reply. Idempotent: a retried chunk (the row already at or
 /// past its `last_seq`) changes nothing, and nothing is appended to a closed reply. The
-/// conversation's `last_seq` follows.
+/// conversation's `last_seq` follows. Answers how many conversations matched (0: not this
+/// tenant's, or deleted).
 const UPSERT_REPLY: &str = "\
 WITH c AS (
     UPDATE conversations SET last_seq = GREATEST(last_seq, $6), updated_at = now()
     WHERE tenant_id = $1 AND id = $2 RETURNING id
+), reply AS (
+    INSERT INTO messages (tenant_id, conversation_id, id, role, status, reply_to, model, text,
+                          delta_ends, switches, foreign_seqs, first_seq, last_seq)
+    SELECT $1, $2, $3, 'assistant', 'streaming', $4, $5, $7, $8, $9, $10, $11, $6 FROM c
+    ON CONFLICT (tenant_id, conversation_id, id) DO UPDATE SET
+        text = messages.text || EXCLUDED.text,
+        delta_ends = messages.delta_ends || EXCLUDED.delta_ends,
+        switches = messages.switches || EXCLUDED.switches,
+        foreign_seqs = messages.foreign_seqs || EXCLUDED.foreign_seqs,
+        last_seq = GREATEST(messages.last_seq, EXCLUDED.last_seq),
+        updated_at = now()
+    WHERE messages.status = 'streaming'
+      AND (messages.last_seq < EXCLUDED.last_seq
+           OR (EXCLUDED.text = '' AND EXCLUDED.delta_ends = '{}' AND EXCLUDED.switches = '[]'
+               AND EXCLUDED.foreign_seqs = '{}'))
+    RETURNING 1
 )
-INSERT INTO messages (tenant_id, conversation_id, id, role, status, reply_to, model, text,
-                      delta_ends, switches, foreign_seqs, first_seq, last_seq)
-SELECT $1, $2, $3, 'assistant', 'streaming', $4, $5, $7, $8, $9, $10, $11, $6 FROM c
-ON CONFLICT (tenant_id, conversation_id, id) DO UPDATE SET
-    text = messages.text || EXCLUDED.text,
-    delta_ends = messages.delta_ends || EXCLUDED.delta_ends,
-    switches = messages.switches || EXCLUDED.switches,
-    foreign_seqs = messages.foreign_seqs || EXCLUDED.foreign_seqs,
-    last_seq = GREATEST(messages.last_seq, EXCLUDED.last_seq),
-    updated_at = now()
-WHERE messages.status = 'streaming'
-  AND (messages.last_seq < EXCLUDED.last_seq
-       OR (EXCLUDED.text = '' AND EXCLUDED.delta_ends = '{}' AND EXCLUDED.switches = '[]'
-           AND EXCLUDED.foreign_seqs = '{}'))";
+SELECT count(*) FROM c";
 
 /// Closes a streaming reply (after [`UPSERT_REPLY`] appended its last part, in the same
 /// transaction). Only a reply still `streaming` is closed: a retry changes nothing.
@@ -317,22 +321,23 @@ async fn bounded<T>(
         .unwrap_or_else(|_| Err(StoreError::Unavailable("database: timed out".into())))
 }
 
-/// Binds the parameters of [`UPSERT_REPLY`] and runs it.
+/// Binds the parameters of [`UPSERT_REPLY`] and runs it; `NotFound` when the conversation
+/// is not this tenant's.
 async fn upsert_reply(
     client: &impl deadpool_postgres::GenericClient,
     tenant: &str,
     conversation: &str,
     progress: &AssistantProgress,
     model: Option<&str>,
-) -> Result<u64, StoreError> {
+) -> Result<(), StoreError> {
     let statement = client.prepare_cached(UPSERT_REPLY).await.map_err(unavailable)?;
     let chunk = &progress.chunk;
     let delta_ends: Vec<i32> =
         chunk.delta_ends.iter().map(|e| i32::try_from(*e).unwrap_or(i32::MAX)).collect();
     let foreign: Vec<i64> = chunk.foreign_seqs.iter().copied().map(to_i64).collect();
     let model = model.unwrap_or(&progress.requested_model);
-    client
-        .execute(
+    let row = client
+        .query_one(
             &statement,
             &[
                 &tenant,
@@ -349,7 +354,11 @@ async fn upsert_reply(
             ],
         )
         .await
-        .map_err(unavailable)
+        .map_err(unavailable)?;
+    match row.try_get::<_, i64>(0).map_err(unavailable)? {
+        0 => Err(StoreError::NotFound),
+        _ => Ok(()),
+    }
 }
 
 impl ConversationStore for PgConversationStore {
@@ -527,7 +536,7 @@ impl ConversationStore for PgConversationStore {
     ) -> StoreFuture<()> {
         let (tenant, id) = (tenant_id.to_owned(), conversation_id.to_owned());
         self.call(move |client| async move {
-            upsert_reply(&client, &tenant, &id, &progress, None).await.map(|_| ())
+            upsert_reply(&client, &tenant, &id, &progress, None).await
         })
     }
 

@@ -234,3 +234,9 @@ impl Drop for ProcessNode {
         let _ = std::fs::remove_file(&self._config);
     }
 }
+
+/// The engine (as [`spawn_app_with`]) on PostgreSQL at `database_url`: migrated at start,
+/// every conversation stored there.
+pub fn spawn_app_with_database(database_url: &str, fake_defaults: Scenario) -> TestApp {
+    spawn_app_with("", fake_defaults, &format!("\n[database]\nurl = \"{database_url}\"\n"))
+}

@@ -10,5 +10,6 @@ mod cache;
 mod cluster;
 mod compat;
 mod edges;
+mod postgres;
 mod providers;
 mod shutdown;
