@@ -157,3 +157,68 @@ impl Drop for TelemetryGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// The configurations shipped in `deploy/` load and validate as the engine would load them.
+    #[test]
+    fn the_deployment_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for file in [
+            "config/switchyard.toml",
+            "k8s/base/switchyard.toml",
+            "k8s/overlays/production/switchyard.toml",
+        ] {
+            let config = Config::load(Some(&root.join(file)), &BTreeMap::new())
+                .unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            assert_eq!(config.telemetry.service_name, "switchyard", "{file}");
+            assert_eq!(
+                config.telemetry.slo.ttft_threshold_seconds, 2.5,
+                "{file}: the alert rules assume 2.5 s"
+            );
+            assert_eq!(
+                config.telemetry.slo.availability_objective, 0.999,
+                "{file}: the alert rules assume 99.9 %"
+            );
+            assert_eq!(
+                config.telemetry.slo.latency_objective, 0.99,
+                "{file}: the alert rules assume 99 %"
+            );
+        }
+    }
+
+    #[test]
+    fn the_environment_names_the_collector() {
+        let mut config = TelemetryConfig::default();
+        let env = BTreeMap::from([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SERVICE_NAME", "switchyard-eu"),
+        ]);
+        config.apply_env(&env);
+        assert_eq!(config.otlp_endpoint.as_deref(), Some("http://collector:4318"));
+        assert_eq!(config.service_name, "switchyard-eu");
+        config.validate().expect("valid");
+    }
+
+    #[test]
+    fn bad_telemetry_settings_name_their_key() {
+        let cases: [(&str, fn(&mut TelemetryConfig)); 4] = [
+            ("ttft_threshold_seconds", |c| c.slo.ttft_threshold_seconds = 2.0),
+            ("availability_objective", |c| c.slo.availability_objective = 1.0),
+            ("otlp_endpoint", |c| c.otlp_endpoint = Some("jaeger:4318".into())),
+            ("log_level", |c| c.log_level = "engine=[".into()),
+        ];
+        for (key, break_it) in cases {
+            let mut config = TelemetryConfig::default();
+            break_it(&mut config);
+            let error = config.validate().expect_err(key).to_string();
+            assert!(error.contains(key), "{key}: {error}");
+        }
+    }
+}
