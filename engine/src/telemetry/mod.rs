@@ -208,7 +208,8 @@ mod tests {
 
     #[test]
     fn bad_telemetry_settings_name_their_key() {
-        let cases: [(&str, fn(&mut TelemetryConfig)); 4] = [
+        type Breaks = fn(&mut TelemetryConfig);
+        let cases: [(&str, Breaks); 4] = [
             ("ttft_threshold_seconds", |c| c.slo.ttft_threshold_seconds = 2.0),
             ("availability_objective", |c| c.slo.availability_objective = 1.0),
             ("otlp_endpoint", |c| c.otlp_endpoint = Some("jaeger:4318".into())),
