@@ -295,7 +295,13 @@ impl PgConversationStore {
         .await
     }
 
-    /// Runs one call on a pooled connection under the client-side deadline.
+    /// Runs one call on a pooled connection under the client-side deadline, as a task of
+    /// its own. Why a task: the conversation actor holds its mailbox (`ctx.wait`) while a
+    /// user message is written, and actix polls none of the actor's other futures meanwhile.
+    /// A reply write polled only by the actor would then sit on its pooled connection (or
+    /// in the middle of a transaction holding the conversation's row lock) until the user
+    /// write — which needs that connection or lock — gave up: a deadlock under load. As a
+    /// task the call finishes and frees its connection whether or not anyone is polling.
     fn call<T, F, Fut>(&self, f: F) -> StoreFuture<T>
     where
         T: Send + 'static,
@@ -304,10 +310,16 @@ impl PgConversationStore {
     {
         let pool = self.pool.clone();
         let deadline = self.deadline;
-        bounded(deadline, async move {
+        let work = bounded(deadline, async move {
             let client = pool.get().await.map_err(unavailable)?;
             f(client).await
-        })
+        });
+        // Spawned on first poll, so creating the future needs no runtime.
+        async move {
+            tokio::spawn(work)
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("database: call aborted".into())))
+        }
         .boxed()
     }
 }
