@@ -1,5 +1,5 @@
 // Small DOM helpers. The UI builds every node with these and sets text with `textContent`,
-// never `innerHTML`: model output and user input are untrusted and must stay text.
+// never through an HTML-parsing property: model output and user input are untrusted and must stay text.
 
 /** `h('div', {class: 'x', onclick: fn}, child, 'text', …)` → an element. */
 export function h(tag, attrs = {}, ...children) {
