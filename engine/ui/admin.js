@@ -50,6 +50,15 @@ export function hideAdmin() {
   timers = [];
 }
 
+/** Forgets everything shown (on sign-out, or when the server refuses the caller). */
+export function resetAdmin() {
+  for (const row of providerRows.values()) row.tr.remove();
+  providerRows.clear();
+  replaceChildren($('#actor-tree'));
+  $('#actors-summary').textContent = '';
+  $('#drill-status').textContent = '';
+}
+
 function live(fn) {
   if (active && !paused && !document.hidden) fn();
 }
@@ -76,6 +85,7 @@ async function refreshActors() {
     const sessions = data.websocket_sessions === 1 ? '1 WebSocket session' : `${data.websocket_sessions} WebSocket sessions`;
     $('#actors-summary').textContent = `${data.count} actors · ${sessions} · updated ${new Date().toLocaleTimeString()}`;
   } catch (e) {
+    if (e instanceof ApiError && (e.status === 401 || e.status === 403)) resetAdmin();
     $('#actors-error').textContent = e instanceof ApiError && e.status === 403
       ? 'The actor tree needs platform admin rights (admin:actors).'
       : `Could not load the actor tree: ${e.message}`;

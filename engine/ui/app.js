@@ -4,7 +4,7 @@
 import { login, logout, refresh, onSessionChange, currentSession, api, ApiError } from './api.js';
 import { $ } from './dom.js';
 import { initChat, showChat, closeChat } from './chat.js';
-import { initAdmin, showAdmin, hideAdmin } from './admin.js';
+import { initAdmin, showAdmin, hideAdmin, resetAdmin } from './admin.js';
 
 let me = null; // GET /api/v1/auth/me
 
@@ -54,6 +54,7 @@ async function onSignedIn() {
 
 function onSignedOut() {
   me = null;
+  resetAdmin();
   $('#nav').hidden = true;
   $('#logout').hidden = true;
   $('#whoami').textContent = '';

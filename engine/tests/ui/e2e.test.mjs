@@ -326,6 +326,26 @@ test('is usable on a phone-sized screen', async () => {
   }
 });
 
+test('a member sees the chat but not the admin console', async () => {
+  const member = { email: 'member@ui.test', password: 'member-password-0123' };
+  await page.goto(`${base}/#/chat`);
+  await page.evaluate(async (m) => {
+    const { api, currentSession } = await import('/ui/api.js');
+    await api('POST', `/api/v1/tenants/${currentSession().tenant_id}/users`, { ...m, role: 'member' });
+  }, member);
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByRole('heading', { name: 'Sign in to Switchyard' }).waitFor();
+  await page.getByLabel('Email').fill(member.email);
+  await page.getByLabel('Password').fill(member.password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#chat-view:not([hidden])').waitFor();
+  assert.equal(await page.getByRole('link', { name: 'Admin' }).isVisible(), false);
+  // The server refuses the admin API whatever the UI shows; nothing of the owner's view stays.
+  await page.goto(`${base}/#/admin`);
+  await page.locator('#actors-error', { hasText: 'platform admin rights' }).waitFor();
+  assert.equal(await page.locator('#providers-body tr').count(), 0);
+});
+
 test('no script errors or CSP violations on any page', () => {
   assert.deepEqual(pageErrors, []);
 });
