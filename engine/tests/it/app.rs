@@ -26,6 +26,16 @@ pub struct TestApp {
 /// The engine with two models on `fake-llm`: `primary` (scripted by `primary_knobs`, an
 /// `x-fake-llm` header value) falling back to `fallback`. `extra_toml` is appended to the config.
 pub fn spawn_app_with(primary_knobs: &str, fake_defaults: Scenario, extra_toml: &str) -> TestApp {
+    spawn_app_configured(primary_knobs, fake_defaults, extra_toml, |_| {})
+}
+
+/// [`spawn_app_with`], with a last change to the configuration before the engine starts.
+pub fn spawn_app_configured(
+    primary_knobs: &str,
+    fake_defaults: Scenario,
+    extra_toml: &str,
+    customize: impl FnOnce(&mut Config),
+) -> TestApp {
     let fake = FakeLlmServer::start(fake_defaults).expect("fake-llm starts");
     let base = format!("{}/v1", fake.base_url());
     let toml = format!(
@@ -54,7 +64,8 @@ default_model = "primary"
 {extra_toml}
 "#
     );
-    let config = Config::parse(&toml).unwrap().finish(&BTreeMap::new()).unwrap();
+    let mut config = Config::parse(&toml).unwrap().finish(&BTreeMap::new()).unwrap();
+    customize(&mut config);
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {

@@ -10,6 +10,7 @@ mod cache;
 mod cluster;
 mod compat;
 mod edges;
+mod observability;
 mod postgres;
 mod providers;
 mod shutdown;
