@@ -20,8 +20,11 @@ use crate::app::{TestApp, recv_turn, send, spawn_app_configured};
 // ---------------------------------------------------------------------------------------------
 // A strict Prometheus text-format (0.0.4) parser.
 
+/// Sorted label pairs.
+type Labels = Vec<(String, String)>;
+
 /// One series: name and sorted labels.
-type SeriesKey = (String, Vec<(String, String)>);
+type SeriesKey = (String, Labels);
 
 #[derive(Debug, Default)]
 struct Page {
@@ -168,7 +171,7 @@ fn check_histograms(page: &Page) {
         page.types.iter().filter(|(_, t)| *t == "histogram").map(|(n, _)| n).collect();
     for name in histograms {
         let bucket = format!("{name}_bucket");
-        let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut series: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
         for ((n, labels), value) in &page.samples {
             if *n != bucket {
                 continue;
@@ -487,7 +490,7 @@ async fn metrics_after_a_session_with_a_failover() {
     assert_eq!(after.types.get("switchyard_failovers_total").map(String::as_str), Some("counter"));
 
     // Nothing per user or per conversation in any label.
-    for ((name, labels), _) in &after.samples {
+    for (name, labels) in after.samples.keys() {
         for (key, value) in labels {
             assert!(!["user", "user_id", "conversation_id"].contains(&key.as_str()), "{name}");
             assert!(!value.contains(&id), "{name}{labels:?} carries the conversation id");
