@@ -5,7 +5,8 @@
 //!    clients to other nodes;
 //! 2. let turns in flight finish, up to `server.shutdown_grace_secs`;
 //! 3. close every WebSocket with code 1012 (service restart), which tells clients to
-//!    reconnect — to another node — and resume;
+//!    reconnect — to another node — and resume; release this node's conversation leases
+//!    (with `[redis]`) so that node takes them over at once;
 //! 4. stop the HTTP server and the actor system, flushing logs on the way out.
 
 use std::net::{SocketAddr, TcpListener};
@@ -161,6 +162,11 @@ impl Engine {
         let _ = state.close_sessions.send(true);
         // Give sessions a moment to send their close frames.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        // Hand this node's conversations back, so other nodes take them over at once
+        // instead of after their leases expire.
+        if let Some(cluster) = state.tree.conversations.cluster() {
+            cluster.release_all().await;
+        }
         handle.stop(true).await;
     }
 }

@@ -385,6 +385,9 @@ impl Cluster {
             .drain()
             .map(|(_, o)| o)
             .collect();
+        for conversation in &owned {
+            conversation.hand_over();
+        }
         for conversation in owned.iter().filter(|o| o.is_leased()) {
             let key = self.owner_key(&conversation.conversation_id);
             let _ = lease::release(&self.inner.redis, &key, self.node_id()).await;

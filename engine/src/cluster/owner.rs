@@ -73,6 +73,11 @@ impl Owned {
         !self.lost.load(Ordering::Relaxed) && self.handle.is_live()
     }
 
+    /// This node gives the conversation up (shutdown): links re-resolve, publishing stops.
+    pub(crate) fn hand_over(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+    }
+
     pub(crate) fn is_leased(&self) -> bool {
         self.leased.load(Ordering::Relaxed)
     }
@@ -210,6 +215,10 @@ impl Owned {
         let period = cluster.lease_ttl() / 3;
         loop {
             tokio::time::sleep(period).await;
+            // Handed over (shutdown): the lease was released and must not be claimed again.
+            if self.lost.load(Ordering::Relaxed) {
+                return;
+            }
             if !self.handle.is_live() {
                 if self.is_leased() {
                     let _ = lease::release(cluster.redis(), &key, cluster.node_id()).await;

@@ -84,8 +84,7 @@ impl RemoteConversation {
             cluster: self.cluster.clone(),
             tenant_id: self.tenant_id.clone(),
             conversation_id: self.conversation_id.clone(),
-            next: after_seq.map(|s| s + 1),
-            pending: BTreeMap::new(),
+            order: SeqOrder::starting_after(after_seq),
             out: tx,
         };
         let task = actix_rt::spawn(pump.run(listener));
@@ -151,23 +150,23 @@ struct Pump {
     cluster: Cluster,
     tenant_id: String,
     conversation_id: String,
-    /// The seq the client needs next; `None` until the first live event (live-only start).
-    next: Option<u64>,
-    pending: BTreeMap<u64, Arc<ConversationEvent>>,
+    order: SeqOrder,
     out: mpsc::Sender<Arc<ConversationEvent>>,
 }
 
 impl Pump {
     async fn run(mut self, mut listener: Listener) {
-        if self.next.is_some() && !self.fill().await {
+        if self.order.next.is_some() && !self.fill().await {
             return;
         }
         let mut retries = 0u32;
         loop {
-            if !self.deliver().await {
-                return;
+            while let Some(event) = self.order.pop() {
+                if self.out.send(event).await.is_err() {
+                    return;
+                }
             }
-            let gap = !self.pending.is_empty();
+            let gap = self.order.has_gap();
             let item = if gap {
                 match tokio::time::timeout(GAP_RETRY_DELAY, listener.receiver.recv()).await {
                     Ok(item) => item,
@@ -177,7 +176,7 @@ impl Pump {
                 listener.receiver.recv().await
             };
             match item {
-                Some(FanoutItem::Event(event)) => self.accept(event),
+                Some(FanoutItem::Event(event)) => self.order.accept(event),
                 Some(FanoutItem::Resync) => {
                     if gap {
                         retries += 1;
@@ -186,50 +185,28 @@ impl Pump {
                             return;
                         }
                     }
-                    if self.next.is_some() && !self.fill().await {
+                    if self.order.next.is_some() && !self.fill().await {
                         return;
                     }
                 }
                 // Dropped for falling behind, or the node is shutting down.
                 None => return,
             }
-            if self.pending.is_empty() {
+            if !self.order.has_gap() {
                 retries = 0;
             }
         }
     }
 
-    fn accept(&mut self, event: Arc<ConversationEvent>) {
-        let Some(seq) = event.seq() else { return };
-        let next = *self.next.get_or_insert(seq);
-        if seq >= next {
-            self.pending.insert(seq, event);
-        }
-    }
-
-    /// Sends every event that is next in line; false when the client went away.
-    async fn deliver(&mut self) -> bool {
-        while let Some(next) = self.next {
-            let Some(event) = self.pending.remove(&next) else { break };
-            if self.out.send(event).await.is_err() {
-                return false;
-            }
-            self.next = Some(next + 1);
-        }
-        true
-    }
-
     /// Reads what the store has after what the client has seen; false when the store
     /// refuses (the subscription closes and the client resumes).
     async fn fill(&mut self) -> bool {
-        let Some(next) = self.next else { return true };
+        let Some(next) = self.order.next else { return true };
         let store = self.cluster.store();
         match store.events_after(&self.tenant_id, &self.conversation_id, next - 1).await {
             Ok(events) => {
                 for event in events {
-                    if let Some(seq) = event.seq().filter(|s| *s >= next) {
-                        self.pending.entry(seq).or_insert_with(|| Arc::new(event));
-                    }
+                    self.order.accept(Arc::new(event));
                 }
                 true
             }
@@ -238,5 +215,120 @@ impl Pump {
                 false
             }
         }
+    }
+}
+
+/// Events in seq order, each once: what arrives early waits for what comes before it.
+#[derive(Debug, Default)]
+struct SeqOrder {
+    /// The seq the client needs next; `None` until the first event (a live-only start).
+    next: Option<u64>,
+    pending: BTreeMap<u64, Arc<ConversationEvent>>,
+}
+
+impl SeqOrder {
+    fn starting_after(after_seq: Option<u64>) -> Self {
+        Self { next: after_seq.map(|s| s + 1), pending: BTreeMap::new() }
+    }
+
+    /// Takes an event from the channel or the store; duplicates and old ones are dropped.
+    fn accept(&mut self, event: Arc<ConversationEvent>) {
+        let Some(seq) = event.seq() else { return };
+        let next = *self.next.get_or_insert(seq);
+        if seq >= next {
+            self.pending.entry(seq).or_insert(event);
+        }
+    }
+
+    /// The next event in line, if it is here.
+    fn pop(&mut self) -> Option<Arc<ConversationEvent>> {
+        let next = self.next?;
+        let event = match self.pending.remove(&next) {
+            Some(event) => event,
+            None => {
+                let to = self.vouched_jump(next)?;
+                self.pending.remove(&to)?
+            }
+        };
+        self.next = event.seq().map(|s| s + 1);
+        Some(event)
+    }
+
+    /// Events are waiting behind a hole.
+    fn has_gap(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Seqs a crashed owner streamed but never stored are skipped, never reused: recovery
+    /// closes the cut reply with an `interrupted` event after them (see the store port's
+    /// "Seq reservation"). A jump up to such an event is the honest trace of that loss, as
+    /// the actor's own resume accepts it; any other hole is waited for.
+    fn vouched_jump(&self, next: u64) -> Option<u64> {
+        let first = *self.pending.keys().next()?;
+        let interrupted = self
+            .pending
+            .values()
+            .filter(|e| matches!(***e, ConversationEvent::Interrupted { .. }))
+            .filter_map(|e| e.seq())
+            .max()?;
+        (first > next && first <= interrupted).then_some(first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(seq: u64) -> Arc<ConversationEvent> {
+        Arc::new(ConversationEvent::Delta { seq, text: format!("t{seq}") })
+    }
+
+    fn interrupted(seq: u64) -> Arc<ConversationEvent> {
+        Arc::new(ConversationEvent::Interrupted {
+            seq,
+            message_id: "a".into(),
+            reply_to: "u".into(),
+        })
+    }
+
+    fn drain(order: &mut SeqOrder) -> Vec<u64> {
+        std::iter::from_fn(|| order.pop()).filter_map(|e| e.seq()).collect()
+    }
+
+    #[test]
+    fn events_come_out_in_order_once_whatever_order_they_arrive_in() {
+        let mut order = SeqOrder::starting_after(Some(2));
+        for seq in [5, 3, 3, 1, 2, 4, 5] {
+            order.accept(delta(seq));
+        }
+        assert_eq!(drain(&mut order), vec![3, 4, 5]);
+        assert!(!order.has_gap());
+        order.accept(delta(7));
+        assert_eq!(drain(&mut order), Vec::<u64>::new(), "6 is missing: 7 waits");
+        assert!(order.has_gap());
+        order.accept(delta(6));
+        assert_eq!(drain(&mut order), vec![6, 7]);
+    }
+
+    #[test]
+    fn a_live_only_subscription_starts_at_the_first_event_it_sees() {
+        let mut order = SeqOrder::starting_after(None);
+        order.accept(delta(40));
+        order.accept(delta(39));
+        order.accept(delta(41));
+        assert_eq!(drain(&mut order), vec![40, 41]);
+    }
+
+    #[test]
+    fn only_a_crash_trace_may_skip_seqs() {
+        let mut order = SeqOrder::starting_after(Some(10));
+        // 11..=20 were streamed by an owner that died and never stored; recovery closed
+        // the reply with `interrupted` at 21.
+        order.accept(interrupted(21));
+        order.accept(delta(22));
+        assert_eq!(drain(&mut order), vec![21, 22]);
+        // Without an `interrupted` after it, a hole is waited for.
+        order.accept(delta(25));
+        assert_eq!(drain(&mut order), Vec::<u64>::new());
     }
 }

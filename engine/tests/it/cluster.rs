@@ -124,7 +124,8 @@ async fn conversation_actors(http: &reqwest::Client, base: &str) -> Vec<String> 
 async fn two_nodes_show_one_conversation_identically_and_only_the_owner_runs_it() {
     let Some(services) = services("two_nodes_share_a_conversation", true) else { return };
     let db = TestDatabase::create(&services.database).await;
-    let toml = cluster_toml(&db.url, &services.redis, &prefix());
+    let prefix = prefix();
+    let toml = cluster_toml(&db.url, &services.redis, &prefix);
     let a = spawn_app_with("", scenario(), &toml);
     let b = spawn_app_with("", scenario(), &toml);
 
@@ -168,6 +169,7 @@ async fn two_nodes_show_one_conversation_identically_and_only_the_owner_runs_it(
     let reply: Value = response.json().await.unwrap();
     assert_eq!(reply["content"], expected("Third"));
     let third_on_a = recv_turn(&mut on_a).await;
+    assert_eq!(recv_turn(&mut on_b).await, third_on_a);
     assert_eq!(third_on_a.last().unwrap()["seq"], reply["seq"]);
 
     // One actor assigns seqs: it runs on A only.
@@ -180,7 +182,23 @@ async fn two_nodes_show_one_conversation_identically_and_only_the_owner_runs_it(
         "B proxies instead of running its own actor: {on_node_b:?}"
     );
 
-    drop((on_a, on_b, a, b));
+    // A node that shuts down hands its conversations back at once (no lease left to expire),
+    // and B's client carries on: B takes the conversation over.
+    drop(on_a);
+    drop(a);
+    let redis = RedisLink::new(&services.redis, Duration::from_secs(2)).unwrap();
+    let lease = format!("{prefix}conv:{id}:owner");
+    let holder: Option<String> =
+        redis.query(bb8_redis::redis::cmd("GET").arg(&lease)).await.unwrap();
+    assert_eq!(holder, None, "the lease was released on shutdown");
+    send(&mut on_b, json!({"type": "user_message", "content": "Still there?"})).await;
+    let fourth = recv_turn(&mut on_b).await;
+    let third_seq = third_on_a.last().unwrap()["seq"].as_u64().unwrap();
+    assert_eq!(fourth[0]["seq"].as_u64().unwrap(), third_seq + 1);
+    assert_eq!(text_of(&fourth), expected("Still there?"));
+    assert!(conversation_actors(&b.http, &b.url("")).await.contains(&actor), "B owns it now");
+
+    drop((on_b, b));
     db.drop_it().await;
 }
 
