@@ -1,5 +1,9 @@
 //! `switchyard chat`: send one message to a running engine and stream the reply, the way a
 //! newcomer checks that everything works (REST + Server-Sent Events, no extra tools).
+//!
+//! It logs in first: with `--email/--password` (or `SWITCHYARD_EMAIL`/`SWITCHYARD_PASSWORD`),
+//! else with the demo login the embedded engine printed and saved at its first start
+//! (`~/.config/switchyard/credentials.json`, readable only by the user).
 
 use std::io::Write;
 
@@ -10,8 +14,8 @@ use serde_json::{Value, json};
 use crate::cli::ChatArgs;
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
     let base = args.url.trim_end_matches('/');
+    let http = login(base, &args).await?;
     let conversation = match args.conversation {
         Some(id) => id,
         None => {
@@ -71,6 +75,38 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Logs in and answers a client that sends the access token on every request.
+async fn login(base: &str, args: &ChatArgs) -> anyhow::Result<reqwest::Client> {
+    let (email, password) = match (&args.email, &args.password) {
+        (Some(email), Some(password)) => (email.clone(), password.clone()),
+        _ => saved_credentials().context(
+            "no login: pass --email and --password (or set SWITCHYARD_EMAIL and SWITCHYARD_PASSWORD)",
+        )?,
+    };
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .with_context(|| format!("failed to reach the engine at {base}; is it running?"))?;
+    let session = error_for_status(response).await.context("login failed")?;
+    let token = session["access_token"].as_str().context("the engine returned no token")?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .context("the engine returned an unusable token")?;
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(reqwest::Client::builder().default_headers(headers).build()?)
+}
+
+/// The demo login saved by the embedded engine, if any.
+fn saved_credentials() -> Option<(String, String)> {
+    let path = crate::auth::service::default_credentials_file()?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: Value = serde_json::from_str(&text).ok()?;
+    Some((json["email"].as_str()?.to_owned(), json["password"].as_str()?.to_owned()))
 }
 
 fn str_of(value: &Value) -> &str {

@@ -50,6 +50,12 @@ pub struct ChatArgs {
     /// Continue this conversation instead of starting a new one.
     #[arg(long)]
     pub conversation: Option<String>,
+    /// Log in as this user (default: the demo login the embedded engine saved at first start).
+    #[arg(long, env = "SWITCHYARD_EMAIL")]
+    pub email: Option<String>,
+    /// The user's password.
+    #[arg(long, env = "SWITCHYARD_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
     /// The message to send.
     #[arg(required = true, num_args = 1..)]
     pub message: Vec<String>,

@@ -10,6 +10,7 @@
 //! - [`tree`]: starting the actor tree from the configuration;
 //! - [`cache`]: the tenant-scoped response cache (exact and verified semantic hits);
 //! - [`store`]: durable state in PostgreSQL (conversation store, migrations, crash sweep);
+//! - [`auth`], [`accounts`]: tokens, roles, API keys, limits; tenants and users;
 //! - [`http`]: the edges — WebSocket chat, REST + SSE, admin inspection, health;
 //! - [`conversations`]: the edges' view of a conversation (principal, link, error mapping);
 //! - [`cluster`]: several nodes sharing conversations through Redis (ownership leases,
@@ -18,6 +19,8 @@
 //! - [`cli`]: the command line;
 //! - [`telemetry`]: JSON logs, Prometheus metrics, OpenTelemetry traces, SLO reports.
 
+pub mod accounts;
+pub mod auth;
 pub mod cache;
 pub mod chat_cli;
 pub mod cli;

@@ -20,6 +20,7 @@ use actors::registry::Registry;
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::auth::AuthService;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::tree::Tree;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub registry: Registry,
     pub tree: Tree,
+    /// Authentication, authorization, accounts and limits.
+    pub auth: Arc<AuthService>,
     shutting_down: AtomicBool,
     websocket_sessions: AtomicUsize,
     /// Flipped once when WebSocket sessions must close with 1012.
@@ -82,7 +85,9 @@ impl Engine {
         let config = Arc::new(config);
         crate::telemetry::metrics::install(&config.telemetry);
         let registry = Registry::new();
-        let tree = Tree::start(&config, registry.clone())
+        let auth =
+            crate::auth::setup::start(&config).await.context("failed to start authentication")?;
+        let tree = Tree::start(&config, registry.clone(), auth.quota.clone())
             .await
             .context("failed to start the actor tree")?;
         let (close_sessions, _) = watch::channel(false);
@@ -90,6 +95,7 @@ impl Engine {
             config: config.clone(),
             registry,
             tree,
+            auth,
             shutting_down: AtomicBool::new(false),
             websocket_sessions: AtomicUsize::new(0),
             close_sessions,

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use actors::conversation::{ConversationConfig, ConversationDeps};
+use actors::conversation::{ConversationConfig, ConversationDeps, TurnPolicy};
 use actors::ports::llm::LlmProvider;
 use actors::ports::store::ConversationStore;
 use actors::registry::{ActorKind, Registry};
@@ -47,7 +47,11 @@ pub struct Tree {
 
 impl Tree {
     /// Must run inside an actix `System`.
-    pub async fn start(config: &Config, registry: Registry) -> anyhow::Result<Tree> {
+    pub async fn start(
+        config: &Config,
+        registry: Registry,
+        policy: Arc<dyn TurnPolicy>,
+    ) -> anyhow::Result<Tree> {
         let backend = open_store(config).await?;
 
         let http = providers::http_client().context("failed to build the provider HTTP client")?;
@@ -93,12 +97,14 @@ impl Tree {
             subscriber_buffer: config.limits.ws_outbox_events,
             ..ConversationConfig::default()
         };
-        let deps = ConversationDeps::new(
+        let mut deps = ConversationDeps::new(
             store.clone(),
             runner.clone(),
             registry.clone(),
             conversation_config,
         );
+        // Tenant token quotas (engine::auth::limits::TokenQuota) admit or refuse turns.
+        deps.policy = policy;
         let conversations = Conversations::new(
             deps,
             TenantConfig {

@@ -2,14 +2,13 @@
 //! (purge the caller's tenant's cache). Both act on the caller's tenant only: there is no
 //! way to name another tenant here.
 //!
-//! The purge is an administrative act. Until the engine authenticates callers every request
-//! is the embedded principal (the one tenant's owner); when roles arrive this handler must
-//! require an admin role of the tenant.
+//! Reading the counters needs `conversations:read`; the purge is an administrative act and
+//! needs `cache:manage` (a tenant's owner or admin).
 
 use actix_web::{HttpResponse, delete, get, web};
 use serde_json::json;
 
-use crate::conversations::Principal;
+use crate::auth::{Authorized, perm};
 use crate::error::ApiError;
 use crate::server::AppState;
 
@@ -17,13 +16,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(stats).service(purge);
 }
 
-fn caller() -> Principal {
-    Principal::embedded()
-}
-
 #[get("/api/v1/cache")]
-async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let principal = caller();
+async fn stats(
+    state: web::Data<AppState>,
+    who: Authorized<perm::ConversationsRead>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = who.principal;
     let cache = state.tree.cache.as_ref().ok_or_else(|| ApiError::not_found("the cache is off"))?;
     let policy = cache.policy(&principal.tenant_id);
     Ok(HttpResponse::Ok().json(json!({
@@ -34,8 +32,11 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 }
 
 #[delete("/api/v1/cache")]
-async fn purge(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let principal = caller();
+async fn purge(
+    state: web::Data<AppState>,
+    who: Authorized<perm::CacheManage>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = who.principal;
     let cache = state.tree.cache.as_ref().ok_or_else(|| ApiError::not_found("the cache is off"))?;
     let purged = cache.purge(&principal.tenant_id);
     tracing::info!(tenant = %principal.tenant_id, purged, "cache purged");

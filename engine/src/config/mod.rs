@@ -32,6 +32,7 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub database: Option<DatabaseConfig>,
     pub redis: Option<RedisConfig>,
+    pub auth: AuthConfig,
     /// `[cache]`: the tenant-scoped response cache (see `crate::cache`).
     pub cache: CacheConfig,
     /// `[telemetry]`: logs, metrics, traces and SLO objectives (see `crate::telemetry`).
@@ -165,6 +166,53 @@ pub struct RoutingConfig {
     pub default_model: Option<String>,
     /// Route aliases: a name that resolves to a chain of models, e.g. `auto`.
     pub aliases: BTreeMap<String, Vec<String>>,
+}
+
+/// `[auth]`: token lifetimes, login protection, request and token limits, bootstrap.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of a biscuit access token.
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of a refresh token (each refresh issues a new one).
+    pub refresh_token_ttl_secs: u64,
+    /// Failed logins per account within `login_lockout_secs` before it is locked…
+    pub login_max_failures: u64,
+    /// … and per client IP.
+    pub login_ip_max_failures: u64,
+    pub login_lockout_secs: u64,
+    /// Requests per minute; 0 = unlimited. Tenants and API keys may carry their own.
+    pub tenant_requests_per_minute: u64,
+    pub user_requests_per_minute: u64,
+    pub key_requests_per_minute: u64,
+    /// Model tokens (input + output) per minute per tenant; 0 = unlimited.
+    pub tenant_tokens_per_minute: u64,
+    /// `SWITCHYARD_BOOTSTRAP_EMAIL` / `SWITCHYARD_BOOTSTRAP_PASSWORD`: the owner (and
+    /// superadmin) made sure of at start.
+    pub bootstrap_email: Option<String>,
+    pub bootstrap_password: Option<SecretString>,
+    /// Where the embedded default saves its demo login for `switchyard chat`
+    /// (default `~/.config/switchyard/credentials.json`).
+    pub credentials_file: Option<std::path::PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl_secs: 900,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            login_max_failures: 5,
+            login_ip_max_failures: 50,
+            login_lockout_secs: 900,
+            tenant_requests_per_minute: 6000,
+            user_requests_per_minute: 1200,
+            key_requests_per_minute: 1200,
+            tenant_tokens_per_minute: 0,
+            bootstrap_email: None,
+            bootstrap_password: None,
+            credentials_file: None,
+        }
+    }
 }
 
 /// `[database]`: PostgreSQL for durable state (see `engine::store`). Without it the engine
@@ -439,6 +487,12 @@ impl Config {
                 None => bail!("SWITCHYARD_NODE_ID: only meaningful with REDIS_URL / [redis] url"),
             }
         }
+        if let Some(email) = env.var("SWITCHYARD_BOOTSTRAP_EMAIL") {
+            self.auth.bootstrap_email = Some(email);
+        }
+        if let Some(password) = env.var("SWITCHYARD_BOOTSTRAP_PASSWORD") {
+            self.auth.bootstrap_password = Some(SecretString::from(password));
+        }
         if let Some(listen) = env.var("SWITCHYARD_LISTEN") {
             self.server.listen = listen.parse().with_context(|| {
                 format!("SWITCHYARD_LISTEN: `{listen}` is not an address like 127.0.0.1:8080")
@@ -522,6 +576,14 @@ impl Config {
         }
         if self.models.is_empty() {
             bail!("models: at least one model must be configured");
+        }
+        if self.auth.bootstrap_email.is_some() != self.auth.bootstrap_password.is_some() {
+            bail!(
+                "auth.bootstrap_email / auth.bootstrap_password: set both (SWITCHYARD_BOOTSTRAP_EMAIL and SWITCHYARD_BOOTSTRAP_PASSWORD) or neither"
+            );
+        }
+        if self.auth.access_token_ttl_secs == 0 {
+            bail!("auth.access_token_ttl_secs: must be at least 1");
         }
         let thresholds = std::iter::once(("cache", self.cache.similarity_threshold)).chain(
             self.cache

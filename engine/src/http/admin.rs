@@ -4,10 +4,14 @@
 //! state, mailbox depth, in-flight work, restarts, last error and circuit state);
 //! `GET /admin/actors/{id}` one of them; `POST /admin/providers/{model}/fail` makes a provider
 //! actor fail as if it had panicked, and `/restart` restarts it.
+//!
+//! Every route needs `admin:actors`, a platform permission (superadmin, or an API key a
+//! superadmin scoped with it): the registry shows every tenant's actors.
 
 use actix_web::{HttpResponse, get, post, web};
 use serde_json::json;
 
+use crate::auth::{Authorized, perm};
 use crate::error::ApiError;
 use crate::server::AppState;
 
@@ -16,7 +20,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 #[get("/admin/actors")]
-async fn list_actors(state: web::Data<AppState>) -> HttpResponse {
+async fn list_actors(
+    state: web::Data<AppState>,
+    _who: Authorized<perm::AdminActors>,
+) -> HttpResponse {
     let actors = state.registry.snapshot();
     HttpResponse::Ok().json(json!({
         "count": actors.len(),
@@ -28,6 +35,7 @@ async fn list_actors(state: web::Data<AppState>) -> HttpResponse {
 #[get("/admin/actors/{id}")]
 async fn get_actor(
     state: web::Data<AppState>,
+    _who: Authorized<perm::AdminActors>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let entry = state.registry.get(&id).ok_or_else(|| ApiError::not_found("no such actor"))?;
@@ -37,6 +45,7 @@ async fn get_actor(
 #[post("/admin/providers/{model}/fail")]
 async fn fail_provider(
     state: web::Data<AppState>,
+    _who: Authorized<perm::AdminActors>,
     model: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     state.tree.fail_provider(&model).await.map_err(|_| ApiError::not_found("no such provider"))?;
@@ -46,6 +55,7 @@ async fn fail_provider(
 #[post("/admin/providers/{model}/restart")]
 async fn restart_provider(
     state: web::Data<AppState>,
+    _who: Authorized<perm::AdminActors>,
     model: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     state

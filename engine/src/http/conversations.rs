@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::conversations::{ConversationLink, Principal, api_error};
+use crate::auth::{Authorized, perm};
+use crate::conversations::{ConversationLink, api_error};
 use crate::error::ApiError;
 use crate::http::openapi::ErrorSchema;
 use crate::server::AppState;
@@ -29,11 +30,6 @@ const HISTORY_LIMIT: usize = 1000;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(create).service(list).service(read).service(remove).service(post_message);
-}
-
-/// Until authentication is configured every request belongs to the embedded tenant.
-fn principal() -> Principal {
-    Principal::embedded()
 }
 
 /// `POST /api/v1/conversations` body. Every field is optional.
@@ -58,6 +54,7 @@ pub struct CreateConversation {
 #[post("/api/v1/conversations")]
 async fn create(
     state: web::Data<AppState>,
+    who: Authorized<perm::ConversationsWrite>,
     body: web::Json<CreateConversation>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -90,7 +87,7 @@ async fn create(
             format!("title is limited to {MAX_TITLE_BYTES} bytes"),
         ));
     }
-    let who = principal();
+    let who = who.principal;
     let settings = ConversationSettings {
         model,
         temperature: body.temperature,
@@ -120,9 +117,10 @@ struct ListParams {
 #[get("/api/v1/conversations")]
 async fn list(
     state: web::Data<AppState>,
+    who: Authorized<perm::ConversationsRead>,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let who = principal();
+    let who = who.principal;
     let params = params.into_inner();
     let query = ListQuery {
         owner_id: Some(who.user_id.clone()),
@@ -237,8 +235,12 @@ impl<'a> From<&'a StoredMessage> for MessageView<'a> {
     responses((status = 200, body = ConversationWithMessages), (status = 404, body = ErrorSchema))
 )]
 #[get("/api/v1/conversations/{id}")]
-async fn read(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let who = principal();
+async fn read(
+    state: web::Data<AppState>,
+    who: Authorized<perm::ConversationsRead>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let who = who.principal;
     let loaded = state
         .tree
         .store
@@ -259,9 +261,10 @@ async fn read(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpR
 #[delete("/api/v1/conversations/{id}")]
 async fn remove(
     state: web::Data<AppState>,
+    who: Authorized<perm::ConversationsWrite>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let who = principal();
+    let who = who.principal;
     state
         .tree
         .store
@@ -316,6 +319,7 @@ pub struct ReplyView {
 #[post("/api/v1/conversations/{id}/messages")]
 async fn post_message(
     state: web::Data<AppState>,
+    who: Authorized<perm::ConversationsWrite>,
     id: web::Path<String>,
     body: web::Json<PostMessage>,
 ) -> Result<HttpResponse, ApiError> {
@@ -337,10 +341,11 @@ async fn post_message(
     {
         return Err(ApiError::bad_request("invalid_client_id", "client_id is too long"));
     }
-    let mut link = ConversationLink::open(&state.tree.conversations, principal(), &id).await?;
+    let mut link =
+        ConversationLink::open(&state.tree.conversations, who.principal.clone(), &id).await?;
     if !body.stream {
         let message = actors::conversation::PostUserMessage {
-            user_id: principal().user_id,
+            user_id: who.principal.user_id.clone(),
             client_id: body.client_id,
             content: body.content,
             cache: crate::conversations::cache_mode(body.cache.unwrap_or(true)),

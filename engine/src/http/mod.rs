@@ -2,6 +2,8 @@
 //! hand to an actor or service, map the result.
 
 pub mod admin;
+pub mod api_keys;
+pub mod auth;
 pub mod compat;
 pub mod conversations;
 pub mod health;
@@ -9,6 +11,7 @@ pub mod log_level;
 pub mod metrics;
 pub mod openapi;
 pub mod slo;
+pub mod tenants;
 pub mod ws;
 
 use actix_web::web;
@@ -21,6 +24,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(slo::routes)
         .configure(log_level::routes)
         .configure(admin::routes)
+        .configure(auth::routes)
+        .configure(tenants::routes)
+        .configure(api_keys::routes)
         .configure(conversations::routes)
         .configure(openapi::routes)
         .configure(ws::routes)

@@ -18,7 +18,12 @@ pub type Ws =
 pub struct TestApp {
     pub addr: SocketAddr,
     pub fake: FakeLlmServer,
+    /// Sends the owner's access token on every request.
     pub http: reqwest::Client,
+    /// The bootstrap owner (also platform superadmin) every helper acts as.
+    pub owner: Session,
+    /// A client with no credentials.
+    pub anon: reqwest::Client,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -65,13 +70,16 @@ default_model = "primary"
 "#
     );
     let mut config = Config::parse(&toml).unwrap().finish(&BTreeMap::new()).unwrap();
+    config.auth.bootstrap_email = Some(OWNER_EMAIL.to_owned());
+    config.auth.bootstrap_password = Some(OWNER_PASSWORD.into());
     customize(&mut config);
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
             let engine = Engine::start(config).await.expect("engine starts");
-            addr_tx.send(engine.addr()).unwrap();
+            let owner = login_in_process(&engine, OWNER_EMAIL, OWNER_PASSWORD).await;
+            addr_tx.send((engine.addr(), owner)).unwrap();
             let (state, handle) = (engine.state(), engine.handle());
             actix_rt::spawn(async move {
                 // The test's drop asks us to stop; poll without blocking the runtime.
@@ -86,8 +94,75 @@ default_model = "primary"
             let _ = engine.run().await;
         });
     });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(30)).expect("engine reports its address");
-    TestApp { addr, fake, http: reqwest::Client::new(), stop: Some(stop_tx), thread: Some(thread) }
+    let (addr, owner) =
+        addr_rx.recv_timeout(Duration::from_secs(30)).expect("engine reports its address");
+    TestApp {
+        addr,
+        fake,
+        http: client_with(&owner.access_token),
+        owner,
+        anon: reqwest::Client::new(),
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    }
+}
+
+/// The bootstrap owner of every test engine.
+pub const OWNER_EMAIL: &str = "owner@test.switchyard";
+pub const OWNER_PASSWORD: &str = "owner-password-for-tests";
+
+/// Tokens from a login.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub tenant_id: String,
+    pub user_id: String,
+}
+
+impl Session {
+    pub fn from_json(json: &Value) -> Session {
+        Session {
+            access_token: json["access_token"].as_str().expect("access_token").to_owned(),
+            refresh_token: json["refresh_token"].as_str().expect("refresh_token").to_owned(),
+            tenant_id: json["tenant_id"].as_str().expect("tenant_id").to_owned(),
+            user_id: json["user_id"].as_str().expect("user_id").to_owned(),
+        }
+    }
+}
+
+async fn login_in_process(engine: &Engine, email: &str, password: &str) -> Session {
+    let state = engine.state();
+    let login = engine::auth::service::Login {
+        email,
+        password,
+        totp_code: None,
+        tenant_id: None,
+        ip: None,
+    };
+    let session = state.auth.login(login).await.expect("the bootstrap owner logs in");
+    Session::from_json(&serde_json::to_value(&session).unwrap())
+}
+
+/// A client that sends `Authorization: Bearer <token>` on every request.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
+/// A WebSocket handshake for `conversation_id` carrying `token` in `Sec-WebSocket-Protocol`.
+pub fn ws_request(
+    addr: SocketAddr,
+    conversation_id: &str,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/ws/{conversation_id}").into_client_request().unwrap();
+    let protocols = format!("switchyard.v1, bearer.{token}");
+    request.headers_mut().insert("sec-websocket-protocol", protocols.parse().unwrap());
+    request
 }
 
 pub fn spawn_app() -> TestApp {
@@ -128,10 +203,49 @@ impl TestApp {
         json["id"].as_str().unwrap().to_owned()
     }
 
+    /// Connects as the owner (token in `Sec-WebSocket-Protocol`).
     pub async fn ws_connect(&self, conversation_id: &str) -> Ws {
-        let url = format!("ws://{}/ws/{conversation_id}", self.addr);
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        self.ws_connect_as(conversation_id, &self.owner.access_token).await
+    }
+
+    pub async fn ws_connect_as(&self, conversation_id: &str, token: &str) -> Ws {
+        let request = ws_request(self.addr, conversation_id, token);
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
         ws
+    }
+
+    /// The owner's handshake for `conversation_id` (for tests that build their own socket).
+    pub fn ws_request(
+        &self,
+        conversation_id: &str,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        ws_request(self.addr, conversation_id, &self.owner.access_token)
+    }
+
+    /// Logs in over HTTP; the response JSON.
+    pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
+        let body = serde_json::json!({ "email": email, "password": password });
+        self.anon.post(self.url("/api/v1/auth/login")).json(&body).send().await.unwrap()
+    }
+
+    /// Creates a tenant (as the superadmin owner) and returns its id.
+    pub async fn create_tenant(&self, name: &str) -> String {
+        let response =
+            self.post_json("/api/v1/tenants", &serde_json::json!({ "name": name })).await;
+        assert_eq!(response.status(), 201, "create tenant");
+        let json: Value = response.json().await.unwrap();
+        json["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a user with `role` in `tenant_id` (as the owner) and logs them in.
+    pub async fn user(&self, tenant_id: &str, email: &str, role: &str) -> Session {
+        let password = format!("{email}-password");
+        let body = serde_json::json!({ "email": email, "password": password, "role": role });
+        let response = self.post_json(&format!("/api/v1/tenants/{tenant_id}/users"), &body).await;
+        assert_eq!(response.status(), 201, "create user {email}");
+        let response = self.login(email, &password).await;
+        assert_eq!(response.status(), 200, "login {email}");
+        Session::from_json(&response.json().await.unwrap())
     }
 }
 

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod app;
+mod auth;
 mod cache;
 mod cluster;
 mod compat;
@@ -14,3 +15,4 @@ mod observability;
 mod postgres;
 mod providers;
 mod shutdown;
+mod tenant_wall;

@@ -32,6 +32,8 @@ async fn sigterm_drains_the_turn_then_closes_sockets_with_1012() {
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "warn")
+        .env("SWITCHYARD_BOOTSTRAP_EMAIL", crate::app::OWNER_EMAIL)
+        .env("SWITCHYARD_BOOTSTRAP_PASSWORD", crate::app::OWNER_PASSWORD)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -41,7 +43,17 @@ async fn sigterm_drains_the_turn_then_closes_sockets_with_1012() {
     let base = line.trim().rsplit(' ').next().unwrap().to_owned();
     assert!(base.starts_with("http://127.0.0.1:"), "{line}");
 
-    let http = reqwest::Client::new();
+    let login: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"email": crate::app::OWNER_EMAIL, "password": crate::app::OWNER_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap();
+    let http = crate::app::client_with(token);
     let created: serde_json::Value = http
         .post(format!("{base}/api/v1/conversations"))
         .json(&json!({}))
@@ -52,10 +64,9 @@ async fn sigterm_drains_the_turn_then_closes_sockets_with_1012() {
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap();
+    let addr = base.trim_start_matches("http://").parse().unwrap();
     let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("{}/ws/{id}", base.replace("http", "ws")))
-            .await
-            .unwrap();
+        tokio_tungstenite::connect_async(crate::app::ws_request(addr, id, token)).await.unwrap();
     send(&mut ws, json!({"type": "user_message", "content": "finish me"})).await;
     let mut frames = vec![recv(&mut ws).await];
     while frames.iter().filter(|f| f["type"] == "delta").count() < 2 {

@@ -1,16 +1,32 @@
 //! `WS /ws/{conversation_id}`: real-time chat over WebSocket.
 //!
-//! The route checks the conversation exists for the caller (404 before upgrading, so a bad
-//! id never costs a socket), upgrades with actix-ws, and hands the socket to a
-//! [`session`] task. [`protocol`] holds the frame types, [`rate`] the per-connection limiter.
+//! Authentication, two ways (never in the URL, which ends up in logs):
+//!
+//! * `Sec-WebSocket-Protocol: switchyard.v1, bearer.<token>` — checked before upgrading, so
+//!   a bad token is a 401 and another tenant's (or an unknown) conversation a 404 without
+//!   costing a socket. The response selects `switchyard.v1` (browsers require the server to
+//!   echo one offered protocol; the token is never echoed when `switchyard.v1` is offered);
+//! * `{"type":"auth","token":…}` as the first frame, within `limits.ws_auth_timeout_secs`;
+//!   failures get an `error` frame and a close with code 4401 (4404 for a conversation the
+//!   caller cannot see).
+//!
+//! Then the socket is handed to a [`session`] task. [`protocol`] holds the frame types,
+//! [`rate`] the per-connection limiter.
 
 pub mod protocol;
 pub mod rate;
 pub mod session;
 
-use actix_web::{HttpRequest, HttpResponse, get, web};
+use std::time::Duration;
 
-use crate::conversations::{ConversationLink, Principal};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use futures_util::StreamExt;
+
+use crate::auth::Credential;
+use crate::conversations::ConversationLink;
 use crate::error::ApiError;
 use crate::server::AppState;
 
@@ -22,6 +38,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// instead of answered, and actix-ws stops reading them early.
 const HARD_FRAME_FACTOR: usize = 4;
 
+/// The subprotocol the server selects.
+pub const PROTOCOL: &str = "switchyard.v1";
+/// Prefix of the subprotocol entry that carries a token.
+pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
+
+/// Close code for a socket whose credentials failed, expired or were revoked.
+pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+const CLOSE_NOT_FOUND: u16 = 4404;
+
 #[get("/ws/{conversation_id}")]
 async fn connect(
     req: HttpRequest,
@@ -32,22 +57,157 @@ async fn connect(
     if state.shutting_down() {
         return Err(ApiError::unavailable("the server is restarting; connect to another node"));
     }
-    let link =
-        ConversationLink::open(&state.tree.conversations, Principal::embedded(), &conversation_id)
+    let conversation_id = conversation_id.into_inner();
+    let (token, echo) = protocol_token(&req);
+    // With the token in the handshake, everything is checked before the upgrade.
+    let authorized = match &token {
+        Some(token) => {
+            let (who, can_write) =
+                state.auth.websocket(&Credential::parse(token), &conversation_id).await?;
+            let link = ConversationLink::open(
+                &state.tree.conversations,
+                who.principal(),
+                &conversation_id,
+            )
             .await?;
-    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|_| {
+            Some((who, can_write, link))
+        }
+        None => None,
+    };
+    let (mut response, mut session, stream) = actix_ws::handle(&req, body).map_err(|_| {
         ApiError::bad_request("not_websocket", "this endpoint expects a WebSocket upgrade")
     })?;
+    if let Some(echo) = echo.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, echo);
+    }
     let limits = state.config.limits.clone();
     let hard_cap = limits.ws_max_frame_bytes.saturating_mul(HARD_FRAME_FACTOR);
-    let frames =
+    let mut frames =
         stream.max_frame_size(hard_cap).aggregate_continuations().max_continuation_size(hard_cap);
-    let params = session::SessionParams { link, limits, shutdown: state.session_shutdown() };
     let counted = state.clone().into_inner().track_websocket_session();
     metrics::counter!("switchyard_websocket_connections_total").increment(1);
+    let state = state.into_inner();
     actix_rt::spawn(async move {
+        let (who, can_write, link) = match authorized {
+            Some(ready) => ready,
+            None => {
+                let timeout = Duration::from_secs(limits.ws_auth_timeout_secs.max(1));
+                match first_frame_auth(
+                    &state,
+                    &mut session,
+                    &mut frames,
+                    &conversation_id,
+                    timeout,
+                    limits.ws_max_frame_bytes,
+                )
+                .await
+                {
+                    Some(ready) => ready,
+                    None => return,
+                }
+            }
+        };
+        let access = session::SessionAccess {
+            revocations: state.auth.revocations(),
+            auth: state.auth.clone(),
+            who,
+            can_write,
+        };
+        let params =
+            session::SessionParams { link, limits, shutdown: state.session_shutdown(), access };
         session::run(session, frames, params).await;
         drop(counted);
     });
     Ok(response)
+}
+
+/// The token in `Sec-WebSocket-Protocol`, and the protocol to select in the response.
+fn protocol_token(req: &HttpRequest) -> (Option<String>, Option<String>) {
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let token =
+        offered.iter().find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX)).map(str::to_owned);
+    let echo = if offered.iter().any(|p| p == PROTOCOL) {
+        Some(PROTOCOL.to_owned())
+    } else {
+        offered.into_iter().find(|p| p.starts_with(BEARER_PROTOCOL_PREFIX))
+    };
+    (token, echo)
+}
+
+/// Waits for `{"type":"auth"}`; on anything else, a timeout or a refusal, sends an `error`
+/// frame, closes the socket and answers `None`.
+async fn first_frame_auth(
+    state: &AppState,
+    session: &mut Session,
+    frames: &mut AggregatedMessageStream,
+    conversation_id: &str,
+    timeout: Duration,
+    max_frame_bytes: usize,
+) -> Option<(crate::auth::Authenticated, bool, ConversationLink)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let text = loop {
+        match tokio::time::timeout_at(deadline, frames.next()).await {
+            Ok(Some(Ok(AggregatedMessage::Text(text)))) => break text,
+            Ok(Some(Ok(AggregatedMessage::Ping(bytes)))) => {
+                let _ = session.pong(&bytes).await;
+            }
+            Ok(Some(Ok(AggregatedMessage::Pong(_)))) => {}
+            Ok(Some(Ok(_)) | Some(Err(_)) | None) => {
+                let _ = session.clone().close(None).await;
+                return None;
+            }
+            Err(_) => {
+                refuse(session, "unauthorized", "no auth frame in time", CLOSE_UNAUTHORIZED).await;
+                return None;
+            }
+        }
+    };
+    let token = match protocol::parse_client_frame(&text, max_frame_bytes) {
+        Ok(protocol::ClientFrame::Auth { token }) => token,
+        _ => {
+            refuse(
+                session,
+                "unauthorized",
+                "the first frame must be {\"type\":\"auth\",\"token\":…}",
+                CLOSE_UNAUTHORIZED,
+            )
+            .await;
+            return None;
+        }
+    };
+    let result = async {
+        let (who, can_write) =
+            state.auth.websocket(&Credential::parse(&token), conversation_id).await?;
+        let link =
+            ConversationLink::open(&state.tree.conversations, who.principal(), conversation_id)
+                .await?;
+        Ok::<_, ApiError>((who, can_write, link))
+    }
+    .await;
+    match result {
+        Ok(ready) => Some(ready),
+        Err(e) => {
+            let code = if e.status() == StatusCode::NOT_FOUND {
+                CLOSE_NOT_FOUND
+            } else {
+                CLOSE_UNAUTHORIZED
+            };
+            refuse(session, e.code(), e.message(), code).await;
+            None
+        }
+    }
+}
+
+async fn refuse(session: &mut Session, code: &str, message: &str, close: u16) {
+    let frame = protocol::SessionFrame::Error { code, message };
+    let _ = tokio::time::timeout(Duration::from_secs(2), session.text(frame.to_json())).await;
+    let reason = CloseReason { code: CloseCode::Other(close), description: Some(code.to_owned()) };
+    let _ = tokio::time::timeout(Duration::from_secs(2), session.clone().close(Some(reason))).await;
 }

@@ -12,6 +12,12 @@
 //! behind is unsubscribed by the actor (it can `resume` later) and never slows the other
 //! subscribers. Client frames are size-checked, parsed strictly and rate-limited; a violation
 //! gets an `error` frame, and only abuse (far past the limits) closes the socket.
+//!
+//! The session also holds its credential ([`SessionAccess`]): it closes with 4401 when the
+//! token expires or its login session is revoked (it watches the revocation signal, so
+//! that is immediate), refuses `user_message`/`cancel` from read-only credentials with a
+//! `forbidden` error frame, counts messages against the request limits (`rate_limited`),
+//! and accepts a later `auth` frame with a fresh token for the same user to extend itself.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::protocol::{ClientFrame, SessionFrame, parse_client_frame};
 use super::rate::TokenBucket;
+use crate::auth::{AuthService, Authenticated, Credential};
 use crate::config::LimitsConfig;
 use crate::conversations::ConversationLink;
 use crate::error::ApiError;
@@ -44,11 +51,42 @@ pub struct SessionParams {
     pub link: ConversationLink,
     pub limits: LimitsConfig,
     pub shutdown: watch::Receiver<bool>,
+    pub access: SessionAccess,
 }
+
+/// The socket's credential and what it allows.
+pub struct SessionAccess {
+    pub auth: Arc<AuthService>,
+    pub who: Authenticated,
+    /// False for viewers and read-only (attenuated) tokens: they may watch, not post.
+    pub can_write: bool,
+    /// Ticks on every revocation; the session re-checks its own.
+    pub revocations: watch::Receiver<u64>,
+}
+
+impl SessionAccess {
+    /// When the credential expires, as a timer deadline (far away for API keys).
+    fn deadline(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        match AuthService::expires_at(&self.who) {
+            Some(at) => {
+                let left =
+                    at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO);
+                now + left
+            }
+            None => now + Duration::from_secs(86_400 * 365),
+        }
+    }
+}
+
+/// The close code for expired or revoked credentials.
+const CLOSE_UNAUTHORIZED: CloseCode = CloseCode::Other(super::CLOSE_UNAUTHORIZED);
 
 /// Runs the session until the client leaves, misbehaves, or the engine shuts down.
 pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: SessionParams) {
-    let SessionParams { mut link, limits, mut shutdown } = params;
+    let SessionParams { mut link, limits, mut shutdown, mut access } = params;
+    let expiry = tokio::time::sleep_until(access.deadline());
+    tokio::pin!(expiry);
     let write_timeout = Duration::from_millis(limits.ws_write_timeout_ms);
     let mut writer = Writer { session: session.clone(), timeout: write_timeout };
     let mut bucket = TokenBucket::new(limits.ws_frames_per_second, limits.ws_frame_burst);
@@ -107,8 +145,23 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
                 };
                 let outcome = match frame {
                     ClientFrame::Ping(_) => writer.frame(&SessionFrame::Pong).await,
-                    // Clients may always lead with `auth`; once authenticated it changes nothing.
-                    ClientFrame::Auth { .. } => Ok(()),
+                    // A fresh token for the same user and tenant extends the session.
+                    ClientFrame::Auth { token } => {
+                        let conversation = link.conversation_id().to_owned();
+                        match access.auth.websocket(&Credential::parse(&token), &conversation).await {
+                            Ok((who, can_write)) if who.user_id == access.who.user_id && who.tenant_id == access.who.tenant_id => {
+                                access.who = who;
+                                access.can_write = can_write;
+                                expiry.as_mut().reset(access.deadline());
+                                Ok(())
+                            }
+                            Ok(_) => writer.error("forbidden", "a session cannot change user").await,
+                            Err(e) => writer.api_error(&e).await,
+                        }
+                    }
+                    ClientFrame::UserMessage { .. } | ClientFrame::Cancel(_) if !access.can_write => {
+                        writer.error("forbidden", "your credentials do not allow writing to this conversation").await
+                    }
                     ClientFrame::Resume { after_seq } => match link.subscribe(Some(after_seq)).await {
                         Ok((receiver, _)) => { events = Some(receiver); Ok(()) }
                         Err(e) => writer.api_error(&e).await,
@@ -119,6 +172,8 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
                             writer.error("message_too_large", &message).await
                         } else if content.trim().is_empty() {
                             writer.error("invalid_frame", "content must not be empty").await
+                        } else if let Err(e) = access.auth.count_request(&access.who).await {
+                            writer.api_error(&e).await
                         } else {
                             if events.is_none() {
                                 // Watch the conversation from now on so the reply reaches us.
@@ -158,6 +213,12 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
             _ = heartbeat.tick() => {
                 if last_seen.elapsed() > client_timeout { break End::Close(CloseCode::Away, "heartbeat timeout") }
                 if writer.ping().await.is_err() { break End::Drop }
+            }
+            _ = &mut expiry => break End::Close(CLOSE_UNAUTHORIZED, "token expired"),
+            changed = access.revocations.changed() => {
+                if changed.is_err() || !access.auth.session_active(&access.who) {
+                    break End::Close(CLOSE_UNAUTHORIZED, "session revoked");
+                }
             }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
