@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod slo;
 pub mod tenants;
+pub mod ui;
 pub mod ws;
 
 use actix_web::web;
@@ -30,5 +31,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(conversations::routes)
         .configure(openapi::routes)
         .configure(ws::routes)
-        .configure(compat::routes);
+        .configure(compat::routes)
+        .configure(ui::routes);
 }

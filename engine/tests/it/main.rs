@@ -16,3 +16,4 @@ mod postgres;
 mod providers;
 mod shutdown;
 mod tenant_wall;
+mod ui;
