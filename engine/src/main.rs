@@ -27,8 +27,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve => actix_rt::System::new().block_on(engine::server::serve(config)),
         Command::Migrate => {
-            let migrate = engine::store::migrate::command(&config);
-            println!("{}", actix_rt::System::new().block_on(migrate)?);
+            let report =
+                actix_rt::System::new().block_on(engine::store::migrate::command(&config))?;
+            println!("{report}");
             Ok(())
         }
         Command::Chat(_) => Ok(()),

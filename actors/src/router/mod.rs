@@ -146,7 +146,8 @@ impl TurnRunner for Router {
         let Ok(permit) = self.inner.turns.clone().try_acquire_owned() else {
             return Box::pin(stream::once(async { Err(TurnError::Overloaded) }));
         };
-        let models: Vec<&str> = chain.iter().map(|i| self.inner.endpoints[*i].health.model()).collect();
+        let models: Vec<&str> =
+            chain.iter().map(|i| self.inner.endpoints[*i].health.model()).collect();
         route.record("chain", models.join(" -> "));
         // Provider attempts are children of the turn, not of this (already finished) span.
         drop(route);

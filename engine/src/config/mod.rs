@@ -32,11 +32,11 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub database: Option<DatabaseConfig>,
     pub redis: Option<RedisConfig>,
-    pub auth: AuthConfig,
     /// `[cache]`: the tenant-scoped response cache (see `crate::cache`).
     pub cache: CacheConfig,
     /// `[telemetry]`: logs, metrics, traces and SLO objectives (see `crate::telemetry`).
     pub telemetry: crate::telemetry::TelemetryConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -577,14 +577,6 @@ impl Config {
         if self.models.is_empty() {
             bail!("models: at least one model must be configured");
         }
-        if self.auth.bootstrap_email.is_some() != self.auth.bootstrap_password.is_some() {
-            bail!(
-                "auth.bootstrap_email / auth.bootstrap_password: set both (SWITCHYARD_BOOTSTRAP_EMAIL and SWITCHYARD_BOOTSTRAP_PASSWORD) or neither"
-            );
-        }
-        if self.auth.access_token_ttl_secs == 0 {
-            bail!("auth.access_token_ttl_secs: must be at least 1");
-        }
         let thresholds = std::iter::once(("cache", self.cache.similarity_threshold)).chain(
             self.cache
                 .tenants
@@ -595,6 +587,14 @@ impl Config {
             if !(0.0..=1.0).contains(&threshold) {
                 bail!("{at}: similarity_threshold must be between 0 and 1");
             }
+        }
+        if self.auth.bootstrap_email.is_some() != self.auth.bootstrap_password.is_some() {
+            bail!(
+                "auth.bootstrap_email / auth.bootstrap_password: set both (SWITCHYARD_BOOTSTRAP_EMAIL and SWITCHYARD_BOOTSTRAP_PASSWORD) or neither"
+            );
+        }
+        if self.auth.access_token_ttl_secs == 0 {
+            bail!("auth.access_token_ttl_secs: must be at least 1");
         }
         if let Some(redis) = &self.redis {
             if redis.lease_ttl_ms < 1000 {
@@ -605,17 +605,6 @@ impl Config {
             }
             if redis.request_timeout_ms == 0 || redis.command_timeout_ms == 0 {
                 bail!("redis.request_timeout_ms / command_timeout_ms: must be positive");
-            }
-        }
-        let thresholds = std::iter::once(("cache", self.cache.similarity_threshold)).chain(
-            self.cache
-                .tenants
-                .iter()
-                .filter_map(|(t, c)| c.similarity_threshold.map(|s| (t.as_str(), s))),
-        );
-        for (at, threshold) in thresholds {
-            if !(0.0..=1.0).contains(&threshold) {
-                bail!("{at}: similarity_threshold must be between 0 and 1");
             }
         }
         if let Some(database) = &self.database {

@@ -5,9 +5,11 @@
 //!
 //! Computed from the process's own counters ([`crate::telemetry::slo`]), so it answers even
 //! when Prometheus is down — but it sees this node only; the fleet-wide truth is Prometheus.
+//! Needs `admin:actors` (a platform permission), as the other operator routes do.
 
 use actix_web::{HttpResponse, get, web};
 
+use crate::auth::{Authorized, perm};
 use crate::server::AppState;
 use crate::telemetry::{metrics, slo};
 
@@ -16,7 +18,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 #[get("/admin/slo")]
-async fn slo_report(state: web::Data<AppState>) -> HttpResponse {
+async fn slo_report(
+    state: web::Data<AppState>,
+    _who: Authorized<perm::AdminActors>,
+) -> HttpResponse {
     let config = &state.config.telemetry.slo;
     let handle = metrics::install(&state.config.telemetry);
     let now = slo::Counts::from_page(&metrics::render(handle), config.ttft_threshold_seconds);
