@@ -9,6 +9,7 @@ an Anthropic endpoint), and the alias `auto`. Prints PASS/FAIL per check and a l
 `N passed, N failed`; exits non-zero on any failure.
 """
 
+import os
 import sys
 import traceback
 
@@ -16,7 +17,8 @@ import anthropic
 import openai
 
 PROMPT = "Tell me about the switchyard"
-API_KEY = "sk-switchyard-test"
+# A tenant API key (gateway_run.sh creates one); never printed.
+API_KEY = os.environ["SWITCHYARD_API_KEY"]
 
 
 def openai_client(base):
@@ -93,6 +95,26 @@ def check_openai_unknown_model(base):
         assert e.param == "model", e.param
         return
     raise AssertionError("no NotFoundError")
+
+
+def check_openai_bad_key(base):
+    client = openai.OpenAI(base_url=base + "/v1", api_key="sy_notakey_0000", max_retries=0)
+    try:
+        client.chat.completions.create(model="steady", messages=[{"role": "user", "content": PROMPT}])
+    except openai.AuthenticationError as e:
+        assert e.status_code == 401
+        return
+    raise AssertionError("no AuthenticationError")
+
+
+def check_anthropic_bad_key(base):
+    client = anthropic.Anthropic(base_url=base, api_key="sy_notakey_0000", max_retries=0)
+    try:
+        client.messages.create(model="steady", max_tokens=64, messages=[{"role": "user", "content": PROMPT}])
+    except anthropic.AuthenticationError as e:
+        assert e.status_code == 401
+        return
+    raise AssertionError("no AuthenticationError")
 
 
 def check_openai_unsupported(base):
@@ -212,6 +234,7 @@ def main():
         ("openai: stream with include_usage", lambda: check_openai_stream(base, reference)),
         ("openai: unknown model is NotFoundError", lambda: check_openai_unknown_model(base)),
         ("openai: tools refused by name", lambda: check_openai_unsupported(base)),
+        ("openai: a bad key is AuthenticationError", lambda: check_openai_bad_key(base)),
         ("openai: failover mid-stream is one clean stream", lambda: check_openai_failover_stream(base, reference)),
         ("openai: failover counted in headers", lambda: check_openai_failover_headers(base)),
         ("openai: models.list", lambda: check_openai_models(base)),
@@ -220,6 +243,7 @@ def main():
         ("anthropic: messages.stream() across a failover", lambda: check_anthropic_stream_helper_failover(base, reference)),
         ("anthropic: unknown model is NotFoundError", lambda: check_anthropic_unknown_model(base)),
         ("anthropic: models.list", lambda: check_anthropic_models(base)),
+        ("anthropic: a bad key is AuthenticationError", lambda: check_anthropic_bad_key(base)),
     ]
     passed = failed = 0
     for name, check in checks:

@@ -79,16 +79,33 @@ upstream_model = "claude-sonnet-4-5"
 base_url = "$fake_url"
 api_key = "fake-key"
 
+# The checks ask the same question on purpose (to compare texts across paths); with the
+# response cache on, repeats would be served from it with zero usage.
+[cache]
+exact = false
+semantic = false
+
 [routing]
 default_model = "steady"
 aliases = { auto = ["primary", "fallback"] }
 EOF
 
+# The SDKs authenticate with a tenant API key, created below by the bootstrap owner.
+export SWITCHYARD_BOOTSTRAP_EMAIL="sdk-check@switchyard.test"
+export SWITCHYARD_BOOTSTRAP_PASSWORD="sdk-check-password-$$"
 SWITCHYARD_LOG_FORMAT=json RUST_LOG=warn "$engine_bin" --config "$work/switchyard.toml" \
     >"$work/engine.out" 2>"$work/engine.err" &
 engine_pid=$!
 engine_url="$(wait_for_url "$work/engine.out" "$engine_pid")"
 echo "fake-llm at $fake_url, switchyard at $engine_url"
+
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+token="$(curl -sf -X POST "$engine_url/api/v1/auth/login" -H 'content-type: application/json' \
+    -d "{\"email\":\"$SWITCHYARD_BOOTSTRAP_EMAIL\",\"password\":\"$SWITCHYARD_BOOTSTRAP_PASSWORD\"}" | json_field access_token)"
+SWITCHYARD_API_KEY="$(curl -sf -X POST "$engine_url/api/v1/api-keys" -H "authorization: Bearer $token" \
+    -H 'content-type: application/json' \
+    -d '{"name":"sdk-check","scopes":["conversations:read","conversations:write"]}' | json_field key)"
+export SWITCHYARD_API_KEY
 
 status=0
 python3 "$here/gateway_check.py" "$engine_url" || status=1

@@ -7,7 +7,7 @@
 import OpenAI from "openai";
 
 const base = process.argv[2].replace(/\/$/, "");
-const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: "sk-switchyard-test", maxRetries: 0 });
+const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: process.env.SWITCHYARD_API_KEY, maxRetries: 0 });
 const PROMPT = "Tell me about the switchyard";
 
 function assert(condition, message) {

@@ -70,10 +70,30 @@ pub enum Flavor {
     Anthropic,
 }
 
-/// Who is calling. Until tenant API keys land (`engine::auth`), every caller is the
-/// embedded tenant; switching to real keys is this one function.
-pub fn authenticate(_req: &HttpRequest, _state: &AppState) -> Result<Principal, CompatError> {
-    Ok(Principal::embedded())
+/// Who is calling: a tenant API key (`sy_…`) or an access token, sent the way each SDK sends
+/// its key — `x-api-key` (Anthropic) or `Authorization: Bearer` (OpenAI). A missing, unknown,
+/// revoked or expired credential is a 401 in the caller's error shape.
+pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Principal, CompatError> {
+    let header = req
+        .headers()
+        .get("x-api-key")
+        .or_else(|| req.headers().get(actix_web::http::header::AUTHORIZATION))
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty());
+    let Some(value) = header else {
+        return Err(crate::auth::unauthorized().into());
+    };
+    let credential = crate::auth::Credential::parse(value);
+    let authenticated = state
+        .auth
+        .authorize(
+            &credential,
+            crate::auth::Permission::ConversationsWrite,
+            None,
+            std::time::SystemTime::now(),
+        )
+        .await?;
+    Ok(authenticated.principal())
 }
 
 /// The id of one request, used in the response ids (`chatcmpl-…`, `msg_…`) and logs: the
@@ -475,7 +495,7 @@ fn anthropic_model(entry: &ModelEntry<'_>, created: u64) -> Value {
 async fn list_models(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let request_id = request_id(&req);
     let flavor = flavor_of(&req);
-    let principal = match authenticate(&req, &state) {
+    let principal = match authenticate(&req, &state).await {
         Ok(p) => p,
         Err(e) => return e.response(flavor, &request_id),
     };
@@ -504,7 +524,7 @@ async fn get_model(
 ) -> HttpResponse {
     let request_id = request_id(&req);
     let flavor = flavor_of(&req);
-    let principal = match authenticate(&req, &state) {
+    let principal = match authenticate(&req, &state).await {
         Ok(p) => p,
         Err(e) => return e.response(flavor, &request_id),
     };

@@ -360,7 +360,7 @@ async fn handle(
     payload: web::Payload,
     request_id: &str,
 ) -> Result<HttpResponse, CompatError> {
-    let principal = authenticate(req, state)?;
+    let principal = authenticate(req, state).await?;
     let body = read_body(payload, state.config.limits.max_body_bytes).await?;
     let request = parse_request(&body, state.config.limits.max_message_bytes)?;
     if !model_known(state, &request.model) {

@@ -4,7 +4,7 @@
 //! Two sources:
 //!
 //! - [`stateless`]: the request's own messages go to the router (`TurnRunner` on
-//!   `state.tree.router`), so routing, fallback chains, mid-stream failover and the router's
+//!   `state.tree.runner`: the response cache in front of the router), so caching, routing, fallback chains, mid-stream failover and the router's
 //!   turn limit apply, and the turn is counted in flight in the registry. Dropping the
 //!   stream (the client went away) cancels the upstream request.
 //! - [`conversation`]: the request names a stored conversation (`x-switchyard-conversation`);
@@ -21,7 +21,7 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actors::events::{CacheStatus, ConversationEvent};
 use actors::ports::llm::{FinishReason, GenerationRequest, ProviderError, Usage};
-use actors::turn::{CacheMode, ContinuationMode, TurnError, TurnEvent, TurnRequest, TurnRunner};
+use actors::turn::{CacheMode, ContinuationMode, TurnError, TurnEvent, TurnRequest};
 use futures_util::{Stream, StreamExt, future, stream};
 use tokio::sync::mpsc;
 
@@ -98,7 +98,7 @@ pub fn stateless(
     // The provider kind comes from the configuration: the tree's endpoint health does not
     // carry the engine's provider kinds.
     let providers = providers_by_model(state);
-    let events = state.tree.router.run_turn(turn).map(move |item| match item {
+    let events = state.tree.runner.run_turn(turn).map(move |item| match item {
         Ok(TurnEvent::Delta(text)) => Ok(Piece::Delta(text)),
         Ok(TurnEvent::Failover { from, to, .. }) => Ok(Piece::Failover { from, to }),
         Ok(TurnEvent::Retract { .. }) => Ok(Piece::Retract),
