@@ -319,6 +319,8 @@ pub fn spawn_process_node(name: &str, config_toml: &str) -> ProcessNode {
         .env_remove("ANTHROPIC_API_KEY")
         .env("SWITCHYARD_LOG_FORMAT", "text")
         .env("RUST_LOG", "warn")
+        .env("SWITCHYARD_BOOTSTRAP_EMAIL", OWNER_EMAIL)
+        .env("SWITCHYARD_BOOTSTRAP_PASSWORD", OWNER_PASSWORD)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("switchyard starts");
@@ -340,9 +342,30 @@ impl ProcessNode {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The bootstrap owner's token on this node. Accounts and signing keys are per node
+    /// until accounts are stored in PostgreSQL, so each node is logged into separately.
+    pub async fn token(&self) -> String {
+        let body = serde_json::json!({ "email": OWNER_EMAIL, "password": OWNER_PASSWORD });
+        let login: Value = reqwest::Client::new()
+            .post(self.url("/api/v1/auth/login"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        login["access_token"].as_str().expect("an access token").to_owned()
+    }
+
+    /// A client that sends this node's token on every request.
+    pub async fn http(&self) -> reqwest::Client {
+        client_with(&self.token().await)
+    }
+
     pub async fn ws_connect(&self, conversation_id: &str) -> Ws {
-        let url = format!("ws://{}/ws/{conversation_id}", self.addr);
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        let request = ws_request(self.addr, conversation_id, &self.token().await);
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
         ws
     }
 

@@ -226,9 +226,9 @@ async fn a_client_whose_node_is_killed_resumes_on_another_node_with_no_gap() {
     let toml = process_toml(&fake, &cluster_toml(&db.url, &services.redis, &prefix()));
     let mut a = spawn_process_node("a", &toml);
     let b = spawn_process_node("b", &toml);
-    let http = reqwest::Client::new();
+    let (http_a, http_b) = (a.http().await, b.http().await);
 
-    let created: Value = http
+    let created: Value = http_a
         .post(a.url("/api/v1/conversations"))
         .json(&json!({}))
         .send()
@@ -249,7 +249,7 @@ async fn a_client_whose_node_is_killed_resumes_on_another_node_with_no_gap() {
     // Let the owner's batched writes land, as they would for a turn finished a moment ago.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let body: Value = http
+        let body: Value = http_b
             .get(b.url(&format!("/api/v1/conversations/{id}")))
             .send()
             .await

@@ -195,6 +195,8 @@ struct Node {
     addr: SocketAddr,
     child: std::process::Child,
     config: std::path::PathBuf,
+    /// The bootstrap owner's access token (accounts live in memory: a restart needs a new one).
+    token: String,
 }
 
 impl Node {
@@ -215,6 +217,8 @@ impl Node {
             .env_remove("ANTHROPIC_API_KEY")
             .env("SWITCHYARD_LOG_FORMAT", "text")
             .env("RUST_LOG", "warn")
+            .env("SWITCHYARD_BOOTSTRAP_EMAIL", crate::app::OWNER_EMAIL)
+            .env("SWITCHYARD_BOOTSTRAP_PASSWORD", crate::app::OWNER_PASSWORD)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("switchyard starts");
@@ -228,7 +232,28 @@ impl Node {
             }
         });
         let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the node prints its address");
-        Node { addr: addr.parse().unwrap(), child, config }
+        Node { addr: addr.parse().unwrap(), child, config, token: String::new() }
+    }
+
+    /// Logs the bootstrap owner in, so requests and sockets carry a token.
+    async fn signed_in(mut self) -> Node {
+        let body =
+            json!({ "email": crate::app::OWNER_EMAIL, "password": crate::app::OWNER_PASSWORD });
+        let login: Value = reqwest::Client::new()
+            .post(self.url("/api/v1/auth/login"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        self.token = login["access_token"].as_str().expect("an access token").to_owned();
+        self
+    }
+
+    fn http(&self) -> reqwest::Client {
+        crate::app::client_with(&self.token)
     }
 
     fn url(&self, path: &str) -> String {
@@ -236,8 +261,8 @@ impl Node {
     }
 
     async fn ws(&self, conversation_id: &str) -> Ws {
-        let url = format!("ws://{}/ws/{conversation_id}", self.addr);
-        tokio_tungstenite::connect_async(url).await.expect("websocket connects").0
+        let request = crate::app::ws_request(self.addr, conversation_id, &self.token);
+        tokio_tungstenite::connect_async(request).await.expect("websocket connects").0
     }
 
     /// `kill -9`: no shutdown, nothing flushed.
@@ -740,8 +765,8 @@ url = "{}"
         fake.base_url(),
         db.url
     );
-    let mut node = Node::start(&config);
-    let http = reqwest::Client::new();
+    let mut node = Node::start(&config).signed_in().await;
+    let http = node.http();
     let mut ids = Vec::new();
     for _ in 0..CONVERSATIONS {
         let created: Value = http
@@ -810,7 +835,8 @@ url = "{}"
     let seen: Vec<Seen> =
         seen.into_iter().map(|s| std::mem::take(&mut *s.lock().unwrap())).collect();
 
-    let node = Node::start(&config);
+    let node = Node::start(&config).signed_in().await;
+    let http = node.http();
     // Every client reconnects and resumes where it was (all at once, as after a real crash:
     // the queued messages' turns then run in parallel).
     let mut resumed = Vec::new();
