@@ -634,8 +634,37 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[tokio::test]
-async fn a_failover_turn_is_one_trace_exported_over_otlp() {
+/// Set in the child process that runs the trace test on its own.
+const TRACE_CHILD: &str = "SWITCHYARD_TRACE_TEST_CHILD";
+
+/// The trace test installs the process-wide tracing subscriber, which only the first caller
+/// in a process can do. Under nextest every test has its own process; under `cargo test`
+/// they share one, so the test re-runs itself alone in a child process and checks it passed.
+#[test]
+fn a_failover_turn_is_one_trace_exported_over_otlp() {
+    if std::env::var_os(TRACE_CHILD).is_some() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        return runtime.block_on(failover_turn_trace());
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "observability::a_failover_turn_is_one_trace_exported_over_otlp",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(TRACE_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "the trace test failed in its own process:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn failover_turn_trace() {
     let (endpoint, received) = otlp_receiver().await;
     let config = TelemetryConfig {
         otlp_endpoint: Some(endpoint),

@@ -741,7 +741,7 @@ async fn kill_9_mid_stream_loses_nothing_acknowledged_and_resumes_consistently()
     let Some(db) = TestDatabase::create().await else { return };
     // Slow tokens: every turn is still streaming when the node dies.
     let fake =
-        FakeLlmServer::start(Scenario { tokens: 400, token_delay_ms: 25, ..Scenario::default() })
+        FakeLlmServer::start(Scenario { tokens: 300, token_delay_ms: 100, ..Scenario::default() })
             .unwrap();
     let config = format!(
         r#"
