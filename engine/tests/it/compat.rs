@@ -41,7 +41,9 @@ async fn post(
     body: &Value,
     headers: &[(&str, &str)],
 ) -> reqwest::Response {
-    let mut request = app.http.post(app.url(path)).json(body);
+    // A fresh connection per request: when the engine refuses a request before reading its
+    // body it closes that connection, and a pooled reuse racing the close would fail here.
+    let mut request = app.http.post(app.url(path)).header("connection", "close").json(body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
