@@ -30,6 +30,7 @@ pub mod conversations;
 pub mod error;
 pub mod http;
 pub mod providers;
+pub mod routing;
 pub mod server;
 pub mod store;
 pub mod telemetry;
