@@ -194,6 +194,9 @@ pub struct AuthConfig {
     /// Where the embedded default saves its demo login for `switchyard chat`
     /// (default `~/.config/switchyard/credentials.json`).
     pub credentials_file: Option<std::path::PathBuf>,
+    /// `SWITCHYARD_SECRETS_KEY`: encrypts signing keys and TOTP secrets stored in PostgreSQL
+    /// (see `engine::accounts::sealed`); unset = stored in plain.
+    pub secrets_key: Option<SecretString>,
 }
 
 impl Default for AuthConfig {
@@ -211,6 +214,7 @@ impl Default for AuthConfig {
             bootstrap_email: None,
             bootstrap_password: None,
             credentials_file: None,
+            secrets_key: None,
         }
     }
 }
@@ -492,6 +496,9 @@ impl Config {
         }
         if let Some(password) = env.var("SWITCHYARD_BOOTSTRAP_PASSWORD") {
             self.auth.bootstrap_password = Some(SecretString::from(password));
+        }
+        if let Some(key) = env.var("SWITCHYARD_SECRETS_KEY") {
+            self.auth.secrets_key = Some(SecretString::from(key));
         }
         if let Some(listen) = env.var("SWITCHYARD_LISTEN") {
             self.server.listen = listen.parse().with_context(|| {
