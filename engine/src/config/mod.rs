@@ -89,6 +89,23 @@ pub struct LimitsConfig {
     /// Turns generated at once across one tenant's conversations; beyond it new messages are
     /// refused (`tenant_concurrency`) until one finishes.
     pub tenant_turns_in_flight: usize,
+    /// A new connection must deliver its first request head (request line and headers) within
+    /// this, or it is answered 408 and closed: slowloris clients and idle connections cost a
+    /// socket for this long at most (actix `client_request_timeout`).
+    pub client_request_timeout_ms: u64,
+    /// A connection being closed gets this long to flush and shut down before it is dropped
+    /// (actix `client_disconnect_timeout`).
+    pub client_disconnect_timeout_ms: u64,
+    /// A request body must have arrived whole this long after its head; a slower one is
+    /// refused (408 on REST) and its connection closed.
+    pub request_body_timeout_ms: u64,
+    /// Connections one client address may hold at once (IPv6: per /64); beyond it requests
+    /// get 429 `too_many_connections` and the connection is closed. 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client. Their own
+    /// connections are not capped; each request through them counts against the client
+    /// address they forward, for as long as its response (or WebSocket) lasts.
+    pub trusted_proxies: Vec<crate::http::connections::IpRange>,
 }
 
 impl Default for LimitsConfig {
@@ -106,7 +123,21 @@ impl Default for LimitsConfig {
             ws_auth_timeout_secs: 10,
             socket_send_buffer_bytes: 64 * 1024,
             tenant_turns_in_flight: 64,
+            client_request_timeout_ms: 5_000,
+            client_disconnect_timeout_ms: 1_000,
+            request_body_timeout_ms: 30_000,
+            max_connections_per_ip: 256,
+            trusted_proxies: Vec::new(),
         }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.client_request_timeout_ms == 0 || self.request_body_timeout_ms == 0 {
+            bail!("limits.client_request_timeout_ms / request_body_timeout_ms: must be positive");
+        }
+        Ok(())
     }
 }
 
@@ -527,6 +558,7 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.telemetry.validate()?;
+        self.limits.validate()?;
         let mut names = HashSet::new();
         for (i, model) in self.models.iter().enumerate() {
             let at = format!("models[{i}] (`{}`)", model.name);

@@ -4,7 +4,9 @@
 pub mod admin;
 pub mod api_keys;
 pub mod auth;
+pub mod body;
 pub mod compat;
+pub mod connections;
 pub mod conversations;
 pub mod health;
 pub mod log_level;
