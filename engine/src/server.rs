@@ -22,7 +22,6 @@ use tokio::sync::watch;
 
 use crate::auth::AuthService;
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::tree::Tree;
 
 /// Everything a handler may reach, shared by all workers.
@@ -106,26 +105,29 @@ impl Engine {
         let addr = listener.local_addr()?;
         let limits = config.limits.clone();
         let socket_tuning = SocketTuning::from_limits(&limits);
+        let connections = crate::http::connections::ConnectionLimiter::new(&limits);
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(crate::http::connections::admit))
+                .wrap(actix_web::middleware::from_fn(crate::http::body::guard))
                 // Outermost: times, counts and traces everything below, errors included.
                 .wrap(actix_web::middleware::from_fn(crate::telemetry::http::observe))
                 .app_data(app_state.clone())
-                .app_data(web::JsonConfig::default().limit(limits.max_body_bytes).error_handler(
-                    |err, _| {
-                        ApiError::bad_request("invalid_json", format!("invalid JSON body: {err}"))
-                            .into()
-                    },
-                ))
+                .app_data(crate::http::body::json_config(limits.max_body_bytes))
                 .app_data(web::PayloadConfig::default().limit(limits.max_body_bytes))
                 .configure(crate::http::routes)
         })
-        .on_connect(move |conn, _| {
+        .on_connect(move |conn, data| {
             if let Some(tcp) = conn.downcast_ref::<actix_rt::net::TcpStream>() {
                 tune_socket(tcp, &socket_tuning);
+                connections.on_connect(tcp, data);
             }
         })
+        .client_request_timeout(Duration::from_millis(config.limits.client_request_timeout_ms))
+        .client_disconnect_timeout(Duration::from_millis(
+            config.limits.client_disconnect_timeout_ms,
+        ))
         .disable_signals()
         // Turns were drained before `stop`; what is still open now is idle keep-alive.
         .shutdown_timeout(1)
