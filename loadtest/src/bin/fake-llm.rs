@@ -67,6 +67,10 @@ struct Args {
     /// Seed for the generated text and the fail_rate draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Size answers and count prompt tokens like a real model (cost benchmarks); --tokens
+    /// is then ignored.
+    #[arg(long)]
+    realistic: bool,
 }
 
 impl Args {
@@ -92,6 +96,7 @@ impl Args {
             reject_prefill: self.reject_prefill,
             fail_rate: self.fail_rate,
             seed: self.seed,
+            realistic: self.realistic,
         })
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::stream::{BodyFault, Faults, TokenStream, Wire, generation_time, truncated_body};
-use super::text::{Finish, Generation, prompt_and_partial, word_count};
+use super::text::{Finish, Generation, prompt_and_partial};
 use super::{Scenario, Shared, hang_forever, random_id};
 
 /// The context window quoted by `error_code=context_length_exceeded`.
@@ -108,13 +108,15 @@ fn blocks_text(content: &Value) -> String {
 }
 
 /// Input tokens: words of the system prompt and every message, 3 per message, 3 for the reply.
-fn input_tokens(body: &Value) -> u64 {
-    let system = body.get("system").map_or(0, |s| word_count(&blocks_text(s)));
+fn input_tokens(body: &Value, scenario: &Scenario) -> u64 {
+    let system = body.get("system").map_or(0, |s| scenario.text_tokens(&blocks_text(s)));
     let messages = body.get("messages").and_then(Value::as_array);
     system
         + messages.map_or(0, |ms| {
             ms.iter()
-                .map(|m| word_count(&blocks_text(m.get("content").unwrap_or(&Value::Null))) + 3)
+                .map(|m| {
+                    scenario.text_tokens(&blocks_text(m.get("content").unwrap_or(&Value::Null))) + 3
+                })
                 .sum::<u64>()
         })
         + 3
@@ -243,7 +245,7 @@ pub(crate) async fn messages(
         .and_then(|v| v.get("model"))
         .and_then(Value::as_str)
         .unwrap_or("claude-sonnet-4-20250514");
-    let input_tokens = parsed.as_ref().map_or(0, input_tokens);
+    let input_tokens = parsed.as_ref().map_or(0, |b| input_tokens(b, &scenario));
     if let Some(status) = shared.injected_status(&scenario, seq, 529) {
         return injected_error(status, &scenario, model, input_tokens);
     }
@@ -269,7 +271,7 @@ pub(crate) async fn messages(
     let mut generation = Generation::new(
         &msg.prompt,
         scenario.seed,
-        scenario.tokens,
+        scenario.reply_budget(&msg.prompt),
         Some(msg.max_tokens),
         msg.stop_sequences.clone(),
     );

@@ -18,7 +18,9 @@
 //! message (prefill), or the partial answer followed by a request to continue it — gets the
 //! rest of it, as a real model would, so a failover's joined text can be asserted exactly too.
 //! Prompt tokens are the whitespace-separated words of every message (and the system prompt),
-//! plus 3 per message and 3 for the reply; output tokens are the tokens actually sent.
+//! plus 3 per message and 3 for the reply; output tokens are the tokens actually sent. The
+//! `realistic` knob (`realistic.rs`) instead sizes each answer like a real model's answer to
+//! that prompt and counts prompt tokens like a BPE tokenizer, for cost benchmarks.
 //!
 //! In-process use: [`FakeLlmServer::start`] runs it on its own thread and actix system, so any
 //! test runtime can call it; the `fake-llm` binary uses [`serve`] on a listener it bound.
@@ -26,6 +28,7 @@
 mod anthropic;
 mod embeddings;
 mod openai;
+mod realistic;
 mod scenario;
 mod stream;
 mod text;
@@ -44,6 +47,7 @@ use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
 
 pub use embeddings::{DEFAULT_DIMENSIONS, embed};
+pub use realistic::{count_tokens, reply_tokens};
 pub use scenario::{DEFAULT_TOKENS, Scenario};
 pub use text::deterministic_text;
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::stream::{BodyFault, Faults, TokenStream, Wire, generation_time, truncated_body};
-use super::text::{Finish, Generation, prompt_and_partial, word_count};
+use super::text::{Finish, Generation, prompt_and_partial};
 use super::{Scenario, Shared, hang_forever, random_id, unix_now};
 
 /// Stable per backend configuration, as the real field is.
@@ -155,11 +155,13 @@ fn content_text(content: &Value) -> String {
 
 /// Prompt tokens: words of every message, 3 per message, 3 to prime the reply. Lenient, so an
 /// injected error can quote it even for a request that would not validate.
-fn prompt_tokens(body: &Value) -> u64 {
+fn prompt_tokens(body: &Value, scenario: &Scenario) -> u64 {
     let messages = body.get("messages").and_then(Value::as_array);
     messages.map_or(0, |ms| {
         ms.iter()
-            .map(|m| word_count(&content_text(m.get("content").unwrap_or(&Value::Null))) + 3)
+            .map(|m| {
+                scenario.text_tokens(&content_text(m.get("content").unwrap_or(&Value::Null))) + 3
+            })
             .sum::<u64>()
             + 3
     })
@@ -336,7 +338,7 @@ pub(crate) async fn chat_completions(
         .and_then(|v| v.get("model"))
         .and_then(Value::as_str)
         .unwrap_or("gpt-4o");
-    let input_tokens = parsed.as_ref().map_or(0, prompt_tokens);
+    let input_tokens = parsed.as_ref().map_or(0, |b| prompt_tokens(b, &scenario));
     if let Some(status) = shared.injected_status(&scenario, seq, 503) {
         return injected_error(status, &scenario, model, input_tokens);
     }
@@ -367,7 +369,7 @@ pub(crate) async fn chat_completions(
     let mut generation = Generation::new(
         &chat.prompt,
         scenario.seed,
-        scenario.tokens,
+        scenario.reply_budget(&chat.prompt),
         chat.max_tokens,
         chat.stop.clone(),
     );

@@ -36,6 +36,9 @@ pub struct Scenario {
     pub fail_rate: f64,
     /// Seeds the generated text and the `fail_rate` draws.
     pub seed: u64,
+    /// Answer lengths and prompt token counts shaped like a real model's (`realistic.rs`)
+    /// instead of `tokens` and word counts.
+    pub realistic: bool,
 }
 
 /// Default token count: long enough to exercise streaming, short enough for fast tests.
@@ -60,6 +63,7 @@ impl Default for Scenario {
             reject_prefill: false,
             fail_rate: 0.0,
             seed: 0,
+            realistic: false,
         }
     }
 }
@@ -114,14 +118,30 @@ impl Scenario {
                     s.fail_rate = p;
                 }
                 "seed" => s.seed = num(&key, val)?,
+                "realistic" => s.realistic = flag(&key, val)?,
                 _ => {
                     return Err(format!(
-                        "unknown x-fake-llm knob `{key}` (known: ttft_ms, token_delay_ms, tokens, error_status, retry_after, error_code, break_after, drop_after, hang, hang_after, malformed_after, reject_prefill, fail_rate, seed)"
+                        "unknown x-fake-llm knob `{key}` (known: ttft_ms, token_delay_ms, tokens, error_status, retry_after, error_code, break_after, drop_after, hang, hang_after, malformed_after, reject_prefill, fail_rate, seed, realistic)"
                     ));
                 }
             }
         }
         Ok(s)
+    }
+
+    /// Tokens to generate for a reply to `prompt` (the last user message): the fixed
+    /// `tokens`, or in `realistic` mode what a real model would write.
+    pub(crate) fn reply_budget(&self, prompt: &str) -> u32 {
+        if self.realistic { super::realistic::reply_tokens(prompt) } else { self.tokens }
+    }
+
+    /// Prompt tokens of one piece of text: words, or in `realistic` mode a BPE estimate.
+    pub(crate) fn text_tokens(&self, text: &str) -> u64 {
+        if self.realistic {
+            super::realistic::count_tokens(text)
+        } else {
+            super::text::word_count(text)
+        }
     }
 
     /// Whether the `seq`-th request the server received should fail under `fail_rate`.
@@ -199,7 +219,7 @@ mod tests {
             &Scenario::default(),
             "ttft_ms=5; token-delay-ms = 2, tokens=3;error_status=429;retry_after=7;\
              error_code=context_length_exceeded; break_after=1, drop_after=2; hang; hang_after=4;\
-             malformed_after=0; reject_prefill; fail_rate=0.25; seed=99",
+             malformed_after=0; reject_prefill; fail_rate=0.25; seed=99; realistic",
         )
         .unwrap();
         assert_eq!(s.ttft_ms, 5);
@@ -216,6 +236,7 @@ mod tests {
         assert!(s.reject_prefill);
         assert_eq!(s.fail_rate, 0.25);
         assert_eq!(s.seed, 99);
+        assert!(s.realistic);
     }
 
     #[test]
