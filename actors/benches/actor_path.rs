@@ -37,6 +37,7 @@ fn turn() -> TurnRequest {
         deadline: tokio::time::Instant::now() + Duration::from_secs(10),
         continuation: ContinuationMode::Continue,
         cache: actors::turn::CacheMode::Use,
+        origin: Default::default(),
     }
 }
 

@@ -54,9 +54,12 @@ pub enum ConversationEvent {
         model: String,
         usage: Usage,
         finish_reason: FinishReason,
-        /// `None` until pricing plugs in (serialised as `null`).
+        /// What the turn cost upstream, in micro-dollars (`null` where nothing prices it).
         cost_micros: Option<u64>,
         cache: CacheStatus,
+        /// Why this model, when the engine chose it (`model: "auto"`, budget downgrade).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        route: Option<crate::turn::RouteNote>,
     },
     /// A turn that failed (`seq`, `message_id` and `reply_to` set), or a request refused
     /// before it was accepted (all three absent). A cancelled turn ends with
@@ -152,6 +155,7 @@ mod tests {
             finish_reason: FinishReason::Stop,
             cost_micros: None,
             cache: CacheStatus::Miss,
+            route: None,
         };
         assert_eq!(
             serde_json::to_value(&done).unwrap(),

@@ -50,6 +50,33 @@ pub struct TurnRequest {
     pub continuation: ContinuationMode,
     /// The client's cache opt-out; runners without a cache ignore it.
     pub cache: CacheMode,
+    /// Who asked, for the cost ledger and per-user budgets.
+    pub origin: TurnOrigin,
+}
+
+/// Who a turn is for and which message it answers: what the cost ledger charges it to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TurnOrigin {
+    pub user_id: Option<String>,
+    /// The API key the request came with, if it came with one.
+    pub api_key_id: Option<String>,
+    /// The assistant message the turn produces (conversation turns only).
+    pub message_id: Option<String>,
+}
+
+/// Why a turn ran on the model it did, when the engine chose it (`model: "auto"`, or a
+/// budget downgrade). Shown in the `done` event, the compatible APIs' headers and the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RouteNote {
+    /// What the client asked for (`auto`, or the model a downgrade replaced).
+    pub requested: String,
+    /// `complexity` or `budget_downgrade`.
+    pub policy: String,
+    /// The tier the complexity scorer chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Human-readable cues (`code, multi_step`; `monthly budget reached`).
+    pub reason: String,
 }
 
 /// How one attempt on one model ended.
@@ -85,6 +112,12 @@ pub struct TurnSummary {
     /// `Miss` for a live answer; `Exact`/`Semantic` when the cache answered (no legs, zero
     /// usage: nothing was spent upstream).
     pub cache: CacheStatus,
+    /// What a cache hit did not spend: the usage of the answer it replayed.
+    pub saved_usage: Usage,
+    /// Priced by the cost meter (`None` where no meter runs, e.g. in actor tests).
+    pub cost_micros: Option<u64>,
+    /// Set when the engine chose the model.
+    pub route: Option<RouteNote>,
 }
 
 /// One item of a running turn.
@@ -118,6 +151,9 @@ pub enum TurnError {
     Overloaded,
     #[error("the turn was cancelled")]
     Cancelled,
+    /// The tenant's (or user's) hard spending limit is reached.
+    #[error("{0}")]
+    BudgetExceeded(String),
 }
 
 impl TurnError {
@@ -130,6 +166,7 @@ impl TurnError {
             TurnError::DeadlineExceeded => "timeout",
             TurnError::Overloaded => "overloaded",
             TurnError::Cancelled => "cancelled",
+            TurnError::BudgetExceeded(_) => "budget_exceeded",
         }
     }
 }

@@ -91,6 +91,9 @@ fn summary() -> TurnSummary {
         usage: Usage { input_tokens: 7, output_tokens: 3 },
         legs: Vec::new(),
         cache: actors::events::CacheStatus::Miss,
+        saved_usage: Usage::default(),
+        cost_micros: None,
+        route: None,
     }
 }
 

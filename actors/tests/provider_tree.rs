@@ -83,6 +83,7 @@ fn turn_with(model: &str, prompt: &str, deadline: Duration, mode: ContinuationMo
         deadline: Instant::now() + deadline,
         continuation: mode,
         cache: actors::turn::CacheMode::Use,
+        origin: Default::default(),
     }
 }
 

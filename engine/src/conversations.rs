@@ -82,6 +82,7 @@ fn turn_error(code: &str, message: String) -> ApiError {
         "context_length_exceeded" => (StatusCode::BAD_REQUEST, "context_length_exceeded"),
         "bad_request" => (StatusCode::BAD_REQUEST, "bad_request"),
         "provider_auth" => (StatusCode::BAD_GATEWAY, "provider_auth"),
+        "budget_exceeded" => (StatusCode::PAYMENT_REQUIRED, "budget_exceeded"),
         _ => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
     };
     ApiError::new(status, code, message)

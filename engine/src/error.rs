@@ -118,6 +118,7 @@ impl From<TurnError> for ApiError {
             TurnError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             TurnError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             TurnError::Cancelled => StatusCode::CONFLICT,
+            TurnError::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
         };
         ApiError::new(status, error.code(), error.to_string())
     }

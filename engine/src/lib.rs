@@ -27,6 +27,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod conversations;
+pub mod costs;
 pub mod error;
 pub mod http;
 pub mod providers;

@@ -22,6 +22,8 @@ use anyhow::Context;
 use crate::cache::{Cache, CachingRunner};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::costs::Costs;
+use crate::costs::meter::MeteredRunner;
 use crate::conversations::Directory;
 use crate::providers;
 use crate::store::{PgConversationStore, StoreBackend};
@@ -38,6 +40,8 @@ pub struct Tree {
     pub runner: Arc<dyn TurnRunner>,
     /// The response cache, unless both tiers are off.
     pub cache: Option<Arc<Cache>>,
+    /// Prices, ledger, budgets, anomalies; its meter wraps `runner`.
+    pub costs: Arc<Costs>,
     /// Which store `store` is, for readiness.
     pub backend: StoreBackend,
     registry: Registry,
@@ -89,10 +93,20 @@ impl Tree {
             } else {
                 None
             };
-        let runner: Arc<dyn TurnRunner> = match &cache {
+        let cached: Arc<dyn TurnRunner> = match &cache {
             Some(cache) => Arc::new(CachingRunner::new(router, cache.clone())),
             None => router,
         };
+        // Outermost: routes `auto` before the cache looks the turn up (the key names the
+        // model that will answer), refuses over-budget turns before anything runs, and prices
+        // what the cache and the router report.
+        let pool = match &backend {
+            StoreBackend::Postgres(pg) => Some(pg.pool()),
+            StoreBackend::Memory(_) => None,
+        };
+        let costs = Costs::new(config, provider_tree.router.clone(), pool);
+        costs.start();
+        let runner: Arc<dyn TurnRunner> = Arc::new(MeteredRunner::new(cached, costs.clone()));
         let conversation_config = ConversationConfig {
             subscriber_buffer: config.limits.ws_outbox_events,
             ..ConversationConfig::default()
@@ -119,6 +133,12 @@ impl Tree {
             ),
             None => None,
         };
+        if let Some(cluster) = &cluster {
+            costs.share_spend(crate::cluster::counters::Counters::new(
+                cluster.redis().clone(),
+                cluster.key(""),
+            ));
+        }
         let conversations = Directory::new(conversations, cluster, config.limits.ws_outbox_events);
         Ok(Tree {
             router: provider_tree.router.clone(),
@@ -127,20 +147,24 @@ impl Tree {
             store,
             runner,
             cache,
+            costs,
             backend,
             registry,
             _providers: provider_tree,
         })
     }
 
-    /// Turns being generated right now, across every conversation (for graceful shutdown).
+    /// Turns being generated right now (for graceful shutdown): conversation turns, or the
+    /// router's count when larger — it also holds the stateless turns of the compatible APIs.
     pub fn turns_in_flight(&self) -> u64 {
-        self.registry
+        let conversations: u64 = self
+            .registry
             .snapshot()
             .iter()
             .filter(|a| a.kind == ActorKind::Conversation)
             .map(|a| a.in_flight)
-            .sum()
+            .sum();
+        conversations.max(self.router.turns_in_flight() as u64)
     }
 
     /// Drill: make the provider actor for `model` fail as if it had panicked.

@@ -46,7 +46,7 @@ use crate::ports::store::{
 };
 use crate::registry::{ActorKind, ActorState, Registration};
 use crate::tenant::gate::{TenantGate, TurnPermit};
-use crate::turn::{CacheMode, TurnError, TurnEvent, TurnRequest, TurnSummary};
+use crate::turn::{CacheMode, TurnError, TurnEvent, TurnOrigin, TurnRequest, TurnSummary};
 
 /// Tells the tenant that a conversation actor stopped, so it forgets that instance.
 #[derive(Message)]
@@ -156,6 +156,7 @@ pub(crate) async fn recover(
         .filter(|m| !replies.iter().any(|r| r.reply_to.as_deref() == Some(m.id.as_str())))
         .map(|m| QueuedTurn {
             message_id: m.id.clone(),
+            user_id: None,
             content: m.text.clone(),
             cache: CacheMode::Use,
             span: tracing::Span::none(),
@@ -177,6 +178,8 @@ struct Subscriber {
 /// An acknowledged user message waiting for its turn.
 struct QueuedTurn {
     message_id: String,
+    /// Who posted it (`None` for a message recovered after a restart).
+    user_id: Option<String>,
     content: String,
     cache: CacheMode,
     /// The turn's trace, opened when the message was posted; `none` for recovered messages.
@@ -433,6 +436,7 @@ impl ConversationActor {
         let config = &self.deps.config;
         self.history.push(ChatMessage::user(next.content));
         let settings = &self.conversation.settings;
+        let reply_id = uuid::Uuid::now_v7().to_string();
         let request = TurnRequest {
             tenant_id: self.tenant_id.clone(),
             conversation_id: self.conversation.id.clone(),
@@ -447,6 +451,11 @@ impl ConversationActor {
             deadline: tokio::time::Instant::now() + config.turn_timeout,
             continuation: config.continuation,
             cache: next.cache,
+            origin: TurnOrigin {
+                user_id: next.user_id,
+                api_key_id: None,
+                message_id: Some(reply_id.clone()),
+            },
         };
         let turn = self.next_turn;
         self.next_turn += 1;
@@ -471,7 +480,7 @@ impl ConversationActor {
             turn,
             stream,
             backstop,
-            message_id: uuid::Uuid::now_v7().to_string(),
+            message_id: reply_id,
             reply_to: next.message_id,
             // Provisional: the record is created before any event, and acks that come first
             // become foreign seqs inside the reply's range (replay skips them).
@@ -682,7 +691,7 @@ impl ConversationActor {
                     usage: Some(summary.usage),
                     finish_reason: Some(summary.finish_reason),
                     error: None,
-                    cost_micros: None,
+                    cost_micros: summary.cost_micros,
                     cache: summary.cache,
                 };
                 let event = ConversationEvent::Done {
@@ -692,8 +701,9 @@ impl ConversationActor {
                     model: summary.model,
                     usage: summary.usage,
                     finish_reason: summary.finish_reason,
-                    cost_micros: None,
+                    cost_micros: summary.cost_micros,
                     cache: summary.cache,
+                    route: summary.route,
                 };
                 (event, outcome)
             }
@@ -1026,7 +1036,7 @@ impl Handler<PostUserMessage> for ConversationActor {
             NewUserMessage {
                 id: message_id.clone(),
                 client_id: msg.client_id.clone(),
-                user_id: msg.user_id,
+                user_id: msg.user_id.clone(),
                 content: msg.content.clone(),
                 seq,
             },
@@ -1056,6 +1066,7 @@ impl Handler<PostUserMessage> for ConversationActor {
                 }
                 act.pending.push_back(QueuedTurn {
                     message_id: message_id.clone(),
+                    user_id: Some(msg.user_id),
                     content: msg.content,
                     cache: msg.cache,
                     span,

@@ -279,6 +279,8 @@ impl StoredMessage {
                 finish_reason: self.finish_reason.unwrap_or(FinishReason::Stop),
                 cost_micros: self.cost_micros,
                 cache: self.cache,
+                // The routing decision lives in the cost ledger, not the message.
+                route: None,
             }),
             MessageStatus::Interrupted => {
                 Some(ConversationEvent::Interrupted { seq, message_id, reply_to })

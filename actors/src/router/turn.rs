@@ -418,6 +418,9 @@ impl Turn {
             usage,
             legs: std::mem::take(&mut self.legs),
             cache: crate::events::CacheStatus::Miss,
+            saved_usage: Usage::default(),
+            cost_micros: None,
+            route: None,
         };
         self.finish();
         summary

@@ -72,11 +72,13 @@ pub mod perm {
         ConversationsWrite,
         KeysManage,
         CostsRead,
+        CostsManage,
         UsersManage,
         CacheManage,
         AdminActors,
         TenantsManage,
-        SigningKeysRotate
+        SigningKeysRotate,
+        PricesManage
     );
 }
 

@@ -41,6 +41,7 @@ impl Role {
                 ConversationsWrite,
                 KeysManage,
                 CostsRead,
+                CostsManage,
                 UsersManage,
                 CacheManage,
             ],
@@ -89,6 +90,9 @@ pub enum Permission {
     KeysManage,
     #[serde(rename = "costs:read")]
     CostsRead,
+    /// Set the tenant's (and its users') budgets.
+    #[serde(rename = "costs:manage")]
+    CostsManage,
     /// Add users to the tenant.
     #[serde(rename = "users:manage")]
     UsersManage,
@@ -104,19 +108,24 @@ pub enum Permission {
     /// Platform: rotate token signing keys.
     #[serde(rename = "signing_keys:rotate")]
     SigningKeysRotate,
+    /// Platform: edit the model price table.
+    #[serde(rename = "prices:manage")]
+    PricesManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 9] = [
+    pub const ALL: [Permission; 11] = [
         Permission::ConversationsRead,
         Permission::ConversationsWrite,
         Permission::KeysManage,
         Permission::CostsRead,
+        Permission::CostsManage,
         Permission::UsersManage,
         Permission::CacheManage,
         Permission::AdminActors,
         Permission::TenantsManage,
         Permission::SigningKeysRotate,
+        Permission::PricesManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -125,11 +134,13 @@ impl Permission {
             Permission::ConversationsWrite => "conversations:write",
             Permission::KeysManage => "keys:manage",
             Permission::CostsRead => "costs:read",
+            Permission::CostsManage => "costs:manage",
             Permission::UsersManage => "users:manage",
             Permission::CacheManage => "cache:manage",
             Permission::AdminActors => "admin:actors",
             Permission::TenantsManage => "tenants:manage",
             Permission::SigningKeysRotate => "signing_keys:rotate",
+            Permission::PricesManage => "prices:manage",
         }
     }
 
@@ -137,7 +148,10 @@ impl Permission {
     pub fn is_platform(self) -> bool {
         matches!(
             self,
-            Permission::AdminActors | Permission::TenantsManage | Permission::SigningKeysRotate
+            Permission::AdminActors
+                | Permission::TenantsManage
+                | Permission::SigningKeysRotate
+                | Permission::PricesManage
         )
     }
 }

@@ -114,6 +114,9 @@ fn replay(answer: CachedAnswer, kind: CacheStatus) -> TurnStream {
         usage: Usage::default(),
         legs: Vec::new(),
         cache: kind,
+        saved_usage: answer.usage,
+        cost_micros: None,
+        route: None,
     })));
     stream::iter(events).boxed()
 }

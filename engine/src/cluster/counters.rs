@@ -68,6 +68,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, n}
 ";
 
+const SET_IF_ABSENT: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+";
+
 const RELEASE_SLOT: &str = r"
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')
 if n <= 1 then
@@ -153,6 +160,19 @@ impl Counters {
         let (allowed, _count): (i64, i64) =
             self.eval(ACQUIRE_SLOT, key, &[limit.to_string(), millis(ttl).to_string()]).await?;
         Ok(allowed == 1)
+    }
+
+    /// Creates the counter at `value` unless it exists (seeding from a durable source).
+    /// Returns whether it was created.
+    pub async fn set_if_absent(
+        &self,
+        key: &str,
+        value: u64,
+        ttl: Duration,
+    ) -> Result<bool, RedisFailure> {
+        let created: i64 =
+            self.eval(SET_IF_ABSENT, key, &[value.to_string(), millis(ttl).to_string()]).await?;
+        Ok(created == 1)
     }
 
     /// Gives a slot back; returns the slots still taken.

@@ -41,12 +41,14 @@ pub fn default_models(providers: &ProvidersConfig) -> Vec<ModelConfig> {
                 .filter(|f| is_available(f))
                 .map(|f| (*f).to_owned())
                 .collect(),
+            tier: None,
             endpoint: EndpointSpec::new(*kind, *name),
         })
         .collect();
     models.push(ModelConfig {
         name: MOCK_MODEL.to_owned(),
         fallbacks: Vec::new(),
+        tier: None,
         endpoint: EndpointSpec::new(ProviderKind::Mock, "mock-1"),
     });
     models

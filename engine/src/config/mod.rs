@@ -37,6 +37,8 @@ pub struct Config {
     /// `[telemetry]`: logs, metrics, traces and SLO objectives (see `crate::telemetry`).
     pub telemetry: crate::telemetry::TelemetryConfig,
     pub auth: AuthConfig,
+    /// `[costs]`: prices, anomaly detection (see `crate::costs`).
+    pub costs: crate::costs::CostsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +167,9 @@ pub struct ModelConfig {
     pub name: String,
     /// Models to fail over to, in order.
     pub fallbacks: Vec<String>,
+    /// How capable the model is, for `model: "auto"` (`economy`, `standard`, `premium`);
+    /// unset: the catalogue's tier for known names, else `standard`.
+    pub tier: Option<crate::routing::complexity::Tier>,
     pub endpoint: EndpointSpec,
 }
 
@@ -184,9 +189,16 @@ impl<'de> Deserialize<'de> for ModelConfig {
                 .map_err(|e| D::Error::custom(format!("model `{name}`: fallbacks: {e}")))?,
             None => Vec::new(),
         };
+        let tier = match table.remove("tier") {
+            Some(value) => Some(
+                crate::routing::complexity::Tier::deserialize(value)
+                    .map_err(|e| D::Error::custom(format!("model `{name}`: tier: {e}")))?,
+            ),
+            None => None,
+        };
         let endpoint = EndpointSpec::deserialize(toml::Value::Table(table))
             .map_err(|e| D::Error::custom(format!("model `{name}`: {e}")))?;
-        Ok(ModelConfig { name, fallbacks, endpoint })
+        Ok(ModelConfig { name, fallbacks, tier, endpoint })
     }
 }
 
@@ -571,6 +583,9 @@ impl Config {
             if self.routing.aliases.contains_key(&model.name) {
                 bail!("{at}.name: also defined as a routing alias");
             }
+            if model.name == crate::costs::AUTO_MODEL {
+                bail!("{at}.name: `auto` is reserved for complexity-based routing");
+            }
             let needs_key =
                 matches!(model.endpoint.provider, ProviderKind::Openai | ProviderKind::Anthropic);
             if needs_key && model.endpoint.api_key.is_none() {
@@ -610,12 +625,15 @@ impl Config {
         if let Some(default) = &self.routing.default_model
             && !names.contains(default.as_str())
             && !self.routing.aliases.contains_key(default)
+            && default != crate::costs::AUTO_MODEL
         {
             bail!("routing.default_model: unknown model `{default}`");
         }
         if self.models.is_empty() {
             bail!("models: at least one model must be configured");
         }
+        let model_names: Vec<String> = self.models.iter().map(|m| m.name.clone()).collect();
+        self.costs.validate(&model_names)?;
         let thresholds = std::iter::once(("cache", self.cache.similarity_threshold)).chain(
             self.cache
                 .tenants
@@ -660,6 +678,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Whether clients may ask for `name`: a configured model, a route alias, or `auto`
+    /// (complexity-based routing, see `crate::costs`).
+    pub fn routes_to(&self, name: &str) -> bool {
+        name == crate::costs::AUTO_MODEL
+            || self.models.iter().any(|m| m.name == name)
+            || self.routing.aliases.contains_key(name)
     }
 
     /// The model used when a client names none.

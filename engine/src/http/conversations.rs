@@ -60,9 +60,7 @@ async fn create(
     let body = body.into_inner();
     let config = &state.config;
     let model = body.model.unwrap_or_else(|| config.default_model().to_owned());
-    let known = config.models.iter().any(|m| m.name == model)
-        || config.routing.aliases.contains_key(&model);
-    if !known {
+    if !config.routes_to(&model) {
         return Err(ApiError::bad_request(
             "unknown_model",
             format!("unknown model `{model}`; GET /v1/models lists them"),

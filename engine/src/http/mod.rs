@@ -8,6 +8,7 @@ pub mod body;
 pub mod compat;
 pub mod connections;
 pub mod conversations;
+pub mod costs;
 pub mod health;
 pub mod log_level;
 pub mod metrics;
@@ -31,6 +32,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(tenants::routes)
         .configure(api_keys::routes)
         .configure(conversations::routes)
+        .configure(costs::routes)
         .configure(openapi::routes)
         .configure(ws::routes)
         .configure(compat::routes)

@@ -211,6 +211,11 @@ impl PgConversationStore {
         Ok(PgConversationStore { pool, deadline })
     }
 
+    /// The connection pool, shared with the cost ledger (`crate::costs`).
+    pub fn pool(&self) -> deadpool_postgres::Pool {
+        self.pool.clone()
+    }
+
     /// Applies pending migrations (see [`super::migrate`]).
     pub async fn migrate(&self) -> anyhow::Result<super::migrate::MigrationReport> {
         let mut client = self.pool.get().await.context("failed to connect to the database")?;

@@ -78,6 +78,7 @@ pub const TOKENS: &str = "switchyard_tokens_total";
 pub const COST: &str = "switchyard_cost_micros_total";
 pub const BUDGET_EVENTS: &str = "switchyard_budget_events_total";
 pub const ANOMALY_EVENTS: &str = "switchyard_anomaly_events_total";
+pub const ROUTE_DECISIONS: &str = "switchyard_route_decisions_total";
 // Dependencies.
 pub const STORE_ERRORS: &str = "switchyard_store_errors_total";
 pub const REDIS_ERRORS: &str = "switchyard_redis_errors_total";
@@ -179,6 +180,12 @@ pub const CATALOGUE: &[Def] = &[
         "Budget events (warning, exceeded, blocked) by tenant",
     ),
     def(ANOMALY_EVENTS, Kind::Counter, &["tenant", "kind"], "Spend or usage anomalies detected"),
+    def(
+        ROUTE_DECISIONS,
+        Kind::Counter,
+        &["policy", "tier", "model"],
+        "Models the engine chose for `auto` turns, by scorer tier",
+    ),
     def(STORE_ERRORS, Kind::Counter, &["operation"], "Failed operations on the conversation store"),
     def(REDIS_ERRORS, Kind::Counter, &["operation"], "Failed Redis operations"),
     def(BUILD_INFO, Kind::Gauge, &["version"], "Always 1; the version label says which build runs"),

@@ -10,6 +10,7 @@ mod auth;
 mod cache;
 mod cluster;
 mod compat;
+mod costs;
 mod edges;
 mod observability;
 mod postgres;

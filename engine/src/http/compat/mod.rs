@@ -46,6 +46,8 @@ pub const PROVIDER_HEADER: &str = "x-switchyard-provider";
 pub const CACHE_HEADER: &str = "x-switchyard-cache";
 pub const FAILOVERS_HEADER: &str = "x-switchyard-failovers";
 pub const COST_HEADER: &str = "x-switchyard-cost-micros";
+/// Set when the engine chose the model: `complexity; tier=economy; reason=short question`.
+pub const ROUTE_HEADER: &str = "x-switchyard-route";
 
 /// Most messages one request may carry (the body limit usually bites first).
 pub const MAX_MESSAGES: usize = 1000;
@@ -306,10 +308,9 @@ pub fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Compa
     }
 }
 
-/// Whether `model` names a configured model or route alias.
+/// Whether `model` names a configured model, a route alias or `auto`.
 pub fn model_known(state: &AppState, model: &str) -> bool {
-    state.config.models.iter().any(|m| m.name == model)
-        || state.config.routing.aliases.contains_key(model)
+    state.config.routes_to(model)
 }
 
 /// The provider kind of a configured model (for `x-switchyard-provider`).
@@ -352,8 +353,13 @@ pub fn outcome_headers(
         .insert_header((CACHE_HEADER, cache_label(finish.cache)))
         .insert_header((FAILOVERS_HEADER, finish.failovers.to_string()))
         .insert_header((COST_HEADER, finish.cost_micros.unwrap_or(0).to_string()));
-    for (name, value) in [(MODEL_HEADER, &finish.model), (PROVIDER_HEADER, &finish.provider)] {
-        if let Ok(value) = HeaderValue::from_str(value) {
+    let route = finish.route.as_ref().map(|r| match &r.tier {
+        Some(tier) => format!("{}; tier={tier}; reason={}", r.policy, r.reason),
+        None => format!("{}; reason={}", r.policy, r.reason),
+    });
+    let named = [(MODEL_HEADER, Some(&finish.model)), (PROVIDER_HEADER, Some(&finish.provider))];
+    for (name, value) in named.into_iter().chain([(ROUTE_HEADER, route.as_ref())]) {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
             response.insert_header((HeaderName::from_static(name), value));
         }
     }
@@ -453,7 +459,7 @@ struct ModelEntry<'a> {
     owned_by: &'static str,
 }
 
-fn models_for<'a>(state: &'a AppState, _principal: &Principal) -> Vec<ModelEntry<'a>> {
+fn models_for<'a>(state: &'a AppState, principal: &Principal) -> Vec<ModelEntry<'a>> {
     // Every tenant may use every configured model and alias today; per-tenant model lists
     // arrive with tenant administration and filter here.
     let mut out: Vec<ModelEntry<'_>> = state
@@ -465,6 +471,10 @@ fn models_for<'a>(state: &'a AppState, _principal: &Principal) -> Vec<ModelEntry
     out.extend(
         state.config.routing.aliases.keys().map(|a| ModelEntry { id: a, owned_by: "switchyard" }),
     );
+    // `auto` (complexity-based routing) unless an alias of that name replaces it.
+    if state.tree.costs.is_auto(&principal.tenant_id, crate::costs::AUTO_MODEL) {
+        out.push(ModelEntry { id: crate::costs::AUTO_MODEL, owned_by: "switchyard" });
+    }
     out
 }
 

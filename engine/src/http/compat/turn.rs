@@ -21,7 +21,9 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actors::events::{CacheStatus, ConversationEvent};
 use actors::ports::llm::{FinishReason, GenerationRequest, ProviderError, Usage};
-use actors::turn::{CacheMode, ContinuationMode, TurnError, TurnEvent, TurnRequest};
+use actors::turn::{
+    CacheMode, ContinuationMode, RouteNote, TurnError, TurnEvent, TurnOrigin, TurnRequest,
+};
 use futures_util::{Stream, StreamExt, future, stream};
 use tokio::sync::mpsc;
 
@@ -44,10 +46,12 @@ pub struct Finish {
     pub finish_reason: FinishReason,
     /// How many times the turn moved to another model.
     pub failovers: u32,
-    /// `None` until pricing lands (issue 9).
+    /// What the turn cost upstream (`x-switchyard-cost-micros`).
     pub cost_micros: Option<u64>,
     /// Whether the response cache answered.
     pub cache: CacheStatus,
+    /// Why this model, when the engine chose it (`x-switchyard-route`).
+    pub route: Option<RouteNote>,
 }
 
 /// One item of a running turn, whichever source it came from.
@@ -94,6 +98,11 @@ pub fn stateless(
         deadline: tokio::time::Instant::now() + TURN_TIMEOUT,
         continuation: ContinuationMode::Continue,
         cache: CacheMode::Use,
+        origin: TurnOrigin {
+            user_id: Some(principal.user_id.clone()),
+            api_key_id: None,
+            message_id: None,
+        },
     };
     // The provider kind comes from the configuration: the tree's endpoint health does not
     // carry the engine's provider kinds.
@@ -108,8 +117,9 @@ pub fn stateless(
             usage: summary.usage,
             finish_reason: summary.finish_reason,
             failovers: 0,
-            cost_micros: None,
+            cost_micros: summary.cost_micros,
             cache: summary.cache,
+            route: summary.route,
         })),
         Err(e) => Err(turn_error(e)),
     });
@@ -292,7 +302,7 @@ pub async fn conversation(
 /// Our turn's terminal event as the last piece.
 fn relay_terminal(relay: &Relay, event: &ConversationEvent) -> Result<Piece, CompatError> {
     match event {
-        ConversationEvent::Done { model, usage, finish_reason, cost_micros, cache, .. } => {
+        ConversationEvent::Done { model, usage, finish_reason, cost_micros, cache, route, .. } => {
             let provider = provider_name(&relay.providers, model);
             Ok(Piece::Done(Finish {
                 model: model.clone(),
@@ -302,6 +312,7 @@ fn relay_terminal(relay: &Relay, event: &ConversationEvent) -> Result<Piece, Com
                 failovers: 0,
                 cost_micros: *cost_micros,
                 cache: *cache,
+                route: route.clone(),
             }))
         }
         ConversationEvent::Error { code, message, .. } => {
