@@ -14,7 +14,7 @@ const ACTORS_EVERY_MS = 1000;
 const SLO_EVERY_MS = 5000;
 const SPEND_EVERY_MS = 15000;
 
-/** Where issue 9 (cost management) will serve spend and anomalies; see docs/ui.md. */
+/** Spend against budget and anomalies (docs/costs.md). */
 export const SPEND_ENDPOINT = '/api/v1/costs/spend';
 export const ANOMALIES_ENDPOINT = '/admin/anomalies';
 
