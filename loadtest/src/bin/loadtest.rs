@@ -5,6 +5,7 @@
 //! loadtest ws --target http://127.0.0.1:8080 --connections 2000 --chatting 200 \
 //!     --duration 30s --report report.json --html report.html
 //! loadtest ws --scenario loadtest/scenarios/10k-connections.toml
+//! loadtest cost --target http://127.0.0.1:8080 --report cost.json --markdown cost.md
 //! ```
 
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ enum Command {
     Sse(RunArgs),
     /// The OpenAI-compatible API, streamed.
     Openai(RunArgs),
+    /// The cost workload: labelled prompts on the premium model, then on `auto`.
+    Cost(loadtest::harness::cost::CostArgs),
 }
 
 /// Every flag overrides the scenario file's value.
@@ -79,6 +82,7 @@ struct RunArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (mode, args) = match cli.command {
+        Command::Cost(args) => return cost(&args),
         Command::Ws(args) => (Mode::Ws, args),
         Command::Sse(args) => (Mode::Sse, args),
         Command::Openai(args) => (Mode::Openai, args),
@@ -118,6 +122,22 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(path) = &args.html {
         std::fs::write(path, report.html())
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn cost(args: &loadtest::harness::cost::CostArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(loadtest::harness::cost::run(args))?;
+    let markdown = report.markdown();
+    print!("{markdown}");
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, markdown)
             .with_context(|| format!("failed to write {}", path.display()))?;
     }
     Ok(())

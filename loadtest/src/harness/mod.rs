@@ -9,10 +9,13 @@
 //!   sequence checks) merged at the end, plus shared counters for the progress line;
 //! - [`report`]: the summary table, the JSON report and a self-contained HTML report with SVG
 //!   charts;
+//! - [`cost`]: `loadtest cost`, the labelled cost workload replayed on the premium model and
+//!   on `auto`, with a cost and routing-quality report;
 //! - [`cpu`]: CPU time of this process (and optionally the engine's) from `/proc`, because the
 //!   harness and the engine share the machine and the harness's own cost must be reported.
 
 pub mod client;
+pub mod cost;
 pub mod cpu;
 pub mod openai;
 pub mod report;
