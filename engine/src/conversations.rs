@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actors::conversation::{
-    CompletedTurn, ConversationError, ConversationHandle, PostUserMessage, Posted,
+    CompletedTurn, ConversationError, ConversationHandle, PostUserMessage, Posted, TurnCollector,
 };
 use actors::events::ConversationEvent;
 use actors::tenant::Conversations;
@@ -331,52 +331,14 @@ impl ConversationLink {
         // Remote: listen first so no event of the turn slips by, then post and collect.
         let (mut events, _) = self.try_subscribe(None).await?;
         let posted = self.post_message(message).await?;
-        let mut text = String::new();
+        let mut collector = TurnCollector::new(posted);
         loop {
             let Some(event) = events.recv().await else {
                 return Err(ConversationError::Unavailable);
             };
-            match &*event {
-                ConversationEvent::Delta { text: piece, .. } => text.push_str(piece),
-                ConversationEvent::Retract { .. } => text.clear(),
-                terminal if terminal.is_terminal() => {
-                    if terminal.reply_to() != Some(posted.message_id.as_str()) {
-                        text.clear();
-                        continue;
-                    }
-                    self.unsubscribe();
-                    return match terminal {
-                        ConversationEvent::Done {
-                            seq,
-                            message_id,
-                            model,
-                            usage,
-                            finish_reason,
-                            cost_micros,
-                            ..
-                        } => Ok(CompletedTurn {
-                            user_message_id: posted.message_id,
-                            message_id: message_id.clone(),
-                            text,
-                            model: model.clone(),
-                            usage: *usage,
-                            finish_reason: *finish_reason,
-                            cost_micros: *cost_micros,
-                            seq: *seq,
-                        }),
-                        ConversationEvent::Error { code, message, .. } => {
-                            Err(ConversationError::Turn {
-                                code: code.clone(),
-                                message: message.clone(),
-                            })
-                        }
-                        _ => Err(ConversationError::Turn {
-                            code: "interrupted".into(),
-                            message: "the turn was interrupted".into(),
-                        }),
-                    };
-                }
-                _ => {}
+            if let Some(result) = collector.feed(&event) {
+                self.unsubscribe();
+                return result;
             }
         }
     }

@@ -259,8 +259,83 @@ pub struct CompletedTurn {
     pub usage: Usage,
     pub finish_reason: FinishReason,
     pub cost_micros: Option<u64>,
+    /// Whether the response cache answered.
+    pub cache: crate::events::CacheStatus,
+    /// Why this model, when the engine chose it.
+    pub route: Option<crate::turn::RouteNote>,
     /// Seq of the `done` event.
     pub seq: u64,
+}
+
+/// Folds a conversation's events into the reply to one posted message: the shared core of
+/// every non-streaming caller (a local [`ConversationHandle::complete`], or the engine's
+/// remote one on a proxy node). Turns run one at a time, so the deltas after the previous
+/// turn's terminal event are ours; earlier turns' text is dropped when their terminal event
+/// passes.
+#[derive(Debug)]
+pub struct TurnCollector {
+    posted: Posted,
+    text: String,
+}
+
+impl TurnCollector {
+    pub fn new(posted: Posted) -> Self {
+        Self { posted, text: String::new() }
+    }
+
+    /// Feeds the next event; `Some` once the posted message's turn has ended.
+    pub fn feed(
+        &mut self,
+        event: &ConversationEvent,
+    ) -> Option<Result<CompletedTurn, ConversationError>> {
+        match event {
+            ConversationEvent::Delta { text, .. } => self.text.push_str(text),
+            ConversationEvent::Retract { .. } => self.text.clear(),
+            terminal if terminal.is_terminal() => {
+                if terminal.reply_to() != Some(self.posted.message_id.as_str()) {
+                    self.text.clear();
+                    return None;
+                }
+                return Some(self.finish(terminal));
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn finish(&mut self, terminal: &ConversationEvent) -> Result<CompletedTurn, ConversationError> {
+        match terminal {
+            ConversationEvent::Done {
+                seq,
+                message_id,
+                model,
+                usage,
+                finish_reason,
+                cost_micros,
+                cache,
+                route,
+                ..
+            } => Ok(CompletedTurn {
+                user_message_id: self.posted.message_id.clone(),
+                message_id: message_id.clone(),
+                text: std::mem::take(&mut self.text),
+                model: model.clone(),
+                usage: *usage,
+                finish_reason: *finish_reason,
+                cost_micros: *cost_micros,
+                cache: *cache,
+                route: route.clone(),
+                seq: *seq,
+            }),
+            ConversationEvent::Error { code, message, .. } => {
+                Err(ConversationError::Turn { code: code.clone(), message: message.clone() })
+            }
+            _ => Err(ConversationError::Turn {
+                code: "interrupted".into(),
+                message: "the turn was interrupted".into(),
+            }),
+        }
+    }
 }
 
 /// What the engine holds to talk to one live conversation. Cheap to clone.
@@ -372,9 +447,7 @@ impl ConversationHandle {
             }
         };
         let mut last_seq = subscription.last_seq;
-        // Turns run one at a time, so the deltas after the previous turn's terminal event
-        // are ours; earlier turns' text is dropped when their terminal event passes.
-        let mut text = String::new();
+        let mut collector = TurnCollector::new(posted);
         loop {
             let Some(event) = subscription.receiver.recv().await else {
                 // Dropped for falling behind (or the actor restarted): resume where we were.
@@ -382,48 +455,79 @@ impl ConversationHandle {
                 continue;
             };
             last_seq = event.seq().unwrap_or(last_seq);
-            match &*event {
-                ConversationEvent::Delta { text: piece, .. } => text.push_str(piece),
-                ConversationEvent::Retract { .. } => text.clear(),
-                terminal if terminal.is_terminal() => {
-                    if terminal.reply_to() != Some(posted.message_id.as_str()) {
-                        text.clear();
-                        continue;
-                    }
-                    let _ = self.unsubscribe(subscription.id).await;
-                    return match terminal {
-                        ConversationEvent::Done {
-                            seq,
-                            message_id,
-                            model,
-                            usage,
-                            finish_reason,
-                            cost_micros,
-                            ..
-                        } => Ok(CompletedTurn {
-                            user_message_id: posted.message_id,
-                            message_id: message_id.clone(),
-                            text,
-                            model: model.clone(),
-                            usage: *usage,
-                            finish_reason: *finish_reason,
-                            cost_micros: *cost_micros,
-                            seq: *seq,
-                        }),
-                        ConversationEvent::Error { code, message, .. } => {
-                            Err(ConversationError::Turn {
-                                code: code.clone(),
-                                message: message.clone(),
-                            })
-                        }
-                        _ => Err(ConversationError::Turn {
-                            code: "interrupted".into(),
-                            message: "the turn was interrupted".into(),
-                        }),
-                    };
-                }
-                _ => {}
+            if let Some(result) = collector.feed(&event) {
+                let _ = self.unsubscribe(subscription.id).await;
+                return result;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::CacheStatus;
+
+    fn done(seq: u64, reply_to: &str) -> ConversationEvent {
+        ConversationEvent::Done {
+            seq,
+            message_id: format!("a{seq}"),
+            reply_to: reply_to.into(),
+            model: "m".into(),
+            usage: Usage { input_tokens: 1, output_tokens: 2 },
+            finish_reason: FinishReason::Stop,
+            cost_micros: Some(7),
+            cache: CacheStatus::Miss,
+            route: None,
+        }
+    }
+
+    fn delta(seq: u64, text: &str) -> ConversationEvent {
+        ConversationEvent::Delta { seq, text: text.into() }
+    }
+
+    #[test]
+    fn collects_only_the_posted_messages_reply() {
+        let mut c = TurnCollector::new(Posted { message_id: "u2".into(), seq: 3 });
+        // The previous turn's tail, then its end: dropped.
+        assert!(c.feed(&delta(4, "old ")).is_none());
+        assert!(c.feed(&done(5, "u1")).is_none());
+        // Ours, with a restart in the middle.
+        assert!(c.feed(&delta(6, "partial")).is_none());
+        assert!(c.feed(&ConversationEvent::Retract { seq: 7, from: "m".into() }).is_none());
+        assert!(c.feed(&delta(8, "Hello ")).is_none());
+        assert!(c.feed(&delta(9, "there")).is_none());
+        let turn = c.feed(&done(10, "u2")).unwrap().unwrap();
+        assert_eq!(turn.text, "Hello there");
+        assert_eq!((turn.user_message_id.as_str(), turn.message_id.as_str()), ("u2", "a10"));
+        assert_eq!((turn.seq, turn.cost_micros), (10, Some(7)));
+    }
+
+    #[test]
+    fn a_failed_or_interrupted_turn_is_an_error() {
+        let mut c = TurnCollector::new(Posted { message_id: "u1".into(), seq: 1 });
+        let failed = ConversationEvent::Error {
+            seq: Some(2),
+            message_id: Some("a2".into()),
+            reply_to: Some("u1".into()),
+            code: "timeout".into(),
+            message: "too slow".into(),
+        };
+        assert_eq!(
+            c.feed(&failed),
+            Some(Err(ConversationError::Turn {
+                code: "timeout".into(),
+                message: "too slow".into()
+            }))
+        );
+        let mut c = TurnCollector::new(Posted { message_id: "u1".into(), seq: 1 });
+        let cut = ConversationEvent::Interrupted {
+            seq: 2,
+            message_id: "a2".into(),
+            reply_to: "u1".into(),
+        };
+        assert!(
+            matches!(c.feed(&cut), Some(Err(ConversationError::Turn { code, .. })) if code == "interrupted")
+        );
     }
 }
