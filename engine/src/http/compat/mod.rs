@@ -270,21 +270,30 @@ impl From<ApiError> for CompatError {
 }
 
 /// Reads the body, refusing it (413) beyond `limits.max_body_bytes` without reading on.
+/// `crate::http::body` reports a body declared too large (`Overflow`) before reading it, and
+/// one that arrives too slowly (`TimedOut`).
 pub async fn read_body(
     mut payload: web::Payload,
     limit: usize,
 ) -> Result<bytes::Bytes, CompatError> {
+    let too_large = || {
+        CompatError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the request body is limited to {limit} bytes"),
+        )
+    };
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            CompatError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("{e}"))
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Overflow => too_large(),
+            actix_web::error::PayloadError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                CompatError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", e.to_string())
+            }
+            e => CompatError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("{e}")),
         })?;
         if body.len() + chunk.len() > limit {
-            return Err(CompatError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                format!("the request body is limited to {limit} bytes"),
-            ));
+            return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }

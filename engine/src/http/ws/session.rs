@@ -121,6 +121,9 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
                     }
                     // Over the hard size cap, invalid UTF-8, or a protocol violation.
                     Err(actix_ws::ProtocolError::Overflow) => break End::Close(CloseCode::Size, "frame too large"),
+                    Err(actix_ws::ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        break End::Close(CloseCode::Invalid, "text frames must be UTF-8")
+                    }
                     Err(_) => break End::Close(CloseCode::Protocol, "protocol error"),
                 };
                 if let Err(wait) = bucket.try_take(Instant::now()) {
