@@ -369,6 +369,11 @@ impl ProcessNode {
         ws
     }
 
+    /// The process id, for reading the node's memory from `/proc/<pid>/status`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `kill -9`: no shutdown, no lease release, unsaved events lost.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,742 @@
+//! Hostile clients against the real engine: slowloris heads and dripped bodies, WebSocket
+//! clients that never read, floods of connections from one address, and malformed or
+//! oversized input on every edge. Each test asserts a clear error or close, that the engine
+//! keeps serving everyone else, and — where memory is the risk — a bounded footprint.
+//!
+//! Other clients are told apart by their source address: the whole of 127.0.0.0/8 reaches
+//! the engine's loopback listener, so a socket bound to 127.0.0.2 is "another machine".
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use loadtest::fake_llm::{FakeLlmServer, Scenario};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::app::{
+    Ws, client_with, recv, recv_turn, send, spawn_app, spawn_app_with, spawn_process_node,
+    ws_request,
+};
+
+/// A TCP connection to `addr` from the loopback address `source`.
+async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// A WebSocket from `source`, or the handshake's failure.
+async fn ws_from(
+    source: &str,
+    request: tungstenite::handshake::client::Request,
+    addr: SocketAddr,
+) -> Result<Ws, tungstenite::Error> {
+    let stream = MaybeTlsStream::Plain(connect_from(source, addr).await);
+    tokio_tungstenite::client_async(request, stream).await.map(|(ws, _)| ws)
+}
+
+/// The status of a refused WebSocket handshake.
+fn refused_status(result: Result<Ws, tungstenite::Error>) -> u16 {
+    match result {
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("expected the handshake to be refused"),
+    }
+}
+
+/// One response read off a raw HTTP/1.1 connection.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("a JSON body ({e}): {}", String::from_utf8_lossy(&self.body))
+        })
+    }
+
+    fn closes(&self) -> bool {
+        self.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// A plain HTTP/1.1 client on one connection, to see exactly what happens to it.
+struct Raw {
+    read: OwnedReadHalf,
+    write: Option<OwnedWriteHalf>,
+    buffer: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        Raw::from(TcpStream::connect(addr).await.unwrap())
+    }
+
+    fn from(stream: TcpStream) -> Raw {
+        let (read, write) = stream.into_split();
+        Raw { read, write: Some(write), buffer: Vec::new() }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.write.as_mut().expect("the writer").write_all(bytes).await.unwrap();
+    }
+
+    /// The writing half, for a task that writes while the test reads.
+    fn take_writer(&mut self) -> OwnedWriteHalf {
+        self.write.take().expect("the writer")
+    }
+
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.read.read(&mut chunk))
+            .await
+            .expect("an answer within 10 s")
+            .expect("the connection is not reset");
+        self.buffer.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// The next response (head and a `Content-Length` body).
+    async fn response(&mut self) -> RawResponse {
+        let head_end = loop {
+            if let Some(at) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            assert!(self.fill().await > 0, "the connection closed before a response");
+        };
+        let head = String::from_utf8(self.buffer[..head_end].to_vec()).unwrap();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        while self.buffer.len() < head_end + length {
+            assert!(self.fill().await > 0, "the connection closed mid-body");
+        }
+        let body = self.buffer[head_end..head_end + length].to_vec();
+        self.buffer.drain(..head_end + length);
+        RawResponse { status, headers, body }
+    }
+
+    /// Whether the engine closes the connection (end of stream or reset) within `within`.
+    async fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(deadline, self.read.read(&mut chunk)).await {
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// An HTTP/1.1 POST with a JSON body, as bytes.
+fn post(path: &str, token: Option<&str>, body: &str) -> Vec<u8> {
+    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: switchyard\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn get(path: &str) -> &'static [u8] {
+    match path {
+        "/healthz" => b"GET /healthz HTTP/1.1\r\nhost: switchyard\r\n\r\n",
+        _ => unreachable!("only /healthz"),
+    }
+}
+
+/// The close code the engine ends `ws` with (panics on anything but a close frame).
+async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a close within 10 s")
+            .expect("a close frame before the end of the stream")
+            .expect("a close frame, not a transport error");
+        if let Message::Close(frame) = message {
+            return frame.expect("a close code").code.into();
+        }
+    }
+}
+
+/// A value from `/proc/<pid>/status`, in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .map(|kib| kib.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+#[tokio::test]
+async fn slowloris_heads_are_cut_at_the_request_timeout_while_others_are_served() {
+    let app = spawn_app_with("", Scenario::default(), "[limits]\nclient_request_timeout_ms = 1000");
+    let started = Instant::now();
+    // One client drips a request head a byte every 200 ms (it would never finish: the header
+    // goes on forever); another opens a connection and says nothing at all.
+    let (mut slow_read, mut slow_write) = TcpStream::connect(app.addr).await.unwrap().into_split();
+    let mut silent = Raw::connect(app.addr).await;
+    let dripper = tokio::spawn(async move {
+        let head = b"GET /healthz HTTP/1.1\r\nhost: switchyard\r\nx-padding: ";
+        for byte in head.iter().chain(std::iter::repeat(&b'a')) {
+            if slow_write.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+
+    // Everyone else is served meanwhile.
+    for _ in 0..5 {
+        let response = app.anon.get(app.url("/healthz")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow_read.read_to_end(&mut answer))
+        .await
+        .expect("the dripping client is cut off");
+    let cut_after = started.elapsed();
+    // 408 then the close — or, since it was still writing, possibly a reset.
+    if read.is_ok() {
+        assert!(answer.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&answer));
+    }
+    assert!(cut_after < Duration::from_secs(5), "cut at the 1 s timeout, not later: {cut_after:?}");
+    dripper.abort();
+    assert!(silent.closed_within(Duration::from_secs(5)).await, "the silent client is cut too");
+    assert_eq!(app.anon.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_dripped_body_is_refused_at_the_body_deadline() {
+    let app = spawn_app_with("", Scenario::default(), "[limits]\nrequest_body_timeout_ms = 1000");
+    let token = app.owner.access_token.clone();
+    for path in ["/api/v1/conversations", "/v1/chat/completions"] {
+        let started = Instant::now();
+        let mut raw = Raw::connect(app.addr).await;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: switchyard\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
+        );
+        raw.send(head.as_bytes()).await;
+        let mut write = raw.take_writer();
+        let dripper = tokio::spawn(async move {
+            while write.write_all(b" ").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let response = raw.response().await;
+        dripper.abort();
+        assert_eq!(response.status, 408, "{path}: {response:?}");
+        assert_eq!(response.json()["error"]["code"], "request_timeout", "{path}");
+        assert!(response.closes(), "{path}: the connection is closed after a timed-out body");
+        assert!(started.elapsed() < Duration::from_secs(5), "{path}: refused at the deadline");
+    }
+    // The engine carries on.
+    let id = app.create_conversation(json!({})).await;
+    assert!(!id.is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_request_leaves_the_keep_alive_connection_usable() {
+    let app = spawn_app();
+    let token = app.owner.access_token.clone();
+    let mut raw = Raw::connect(app.addr).await;
+    let body = json!({"title": "t".repeat(150)}).to_string();
+
+    // No credentials: refused before the body is read. The body is drained, so the same
+    // connection takes the next request instead of being reset.
+    raw.send(&post("/api/v1/conversations", None, &body)).await;
+    let refused = raw.response().await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.json()["error"]["code"], "unauthorized");
+    assert!(!refused.closes(), "{refused:?}");
+
+    // The body arriving after the refusal was decided is drained too.
+    let request = post("/api/v1/conversations", Some("not-a-token"), &body);
+    let split = request.len() - body.len();
+    raw.send(&request[..split]).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    raw.send(&request[split..]).await;
+    assert_eq!(raw.response().await.status, 401);
+
+    // The compatible APIs, refused in their own shape.
+    let chat = json!({"model": "primary", "messages": [{"role": "user", "content": "hi"}]});
+    raw.send(&post("/v1/chat/completions", Some("sk-wrong"), &chat.to_string())).await;
+    let refused = raw.response().await;
+    assert_eq!(refused.status, 401);
+    assert!(!refused.closes());
+
+    // A body just past the limit: 413 after reading up to it, and the small rest is drained.
+    let past = json!({"title": "x".repeat(256 * 1024 + 1000)}).to_string();
+    let mut request = post("/api/v1/conversations", Some(&token), &past);
+    // Declare no length (chunked), so it is refused by counting, not up front.
+    request = chunked(&request, &past);
+    raw.send(&request).await;
+    let too_large = raw.response().await;
+    assert_eq!(too_large.status, 413);
+    assert_eq!(too_large.json()["error"]["code"], "request_too_large");
+    assert!(!too_large.closes(), "{too_large:?}");
+
+    // After all that, the connection serves a good request.
+    raw.send(&post("/api/v1/conversations", Some(&token), "{}")).await;
+    assert_eq!(raw.response().await.status, 201);
+
+    // A pooled keep-alive client (how SDKs talk) sees answers, never a reset connection.
+    let pooled = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+    for round in 0..20 {
+        let refused =
+            pooled.post(app.url("/api/v1/conversations")).json(&json!({})).send().await.unwrap();
+        assert_eq!(refused.status(), 401, "round {round}");
+        let served = pooled
+            .post(app.url("/api/v1/conversations"))
+            .bearer_auth(&token)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served.status(), 201, "round {round}");
+    }
+}
+
+/// `request` (head + `body`) re-sent with `transfer-encoding: chunked` instead of a length.
+fn chunked(request: &[u8], body: &str) -> Vec<u8> {
+    let head = String::from_utf8(request[..request.len() - body.len()].to_vec()).unwrap();
+    let head =
+        head.lines().filter(|l| !l.starts_with("content-length")).collect::<Vec<_>>().join("\r\n");
+    let head = head.trim_end().to_owned() + "\r\ntransfer-encoding: chunked\r\n\r\n";
+    let mut out = head.into_bytes();
+    for piece in body.as_bytes().chunks(16 * 1024) {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_its_413_not_a_reset_and_the_connection_closes() {
+    let app = spawn_app();
+    let token = app.owner.access_token.clone();
+    let big = "x".repeat(1024 * 1024);
+    let chat = json!({"model": "primary", "messages": [{"role": "user", "content": big}]});
+    let messages = json!({"model": "primary", "max_tokens": 8,
+        "messages": [{"role": "user", "content": big}]});
+    let cases = [
+        ("/api/v1/conversations", json!({"title": big})),
+        ("/v1/chat/completions", chat),
+        ("/v1/messages", messages),
+    ];
+    for (path, body) in &cases {
+        // Declared too large: refused before it is read, and read (discarded) afterwards, so
+        // the client gets the answer before the connection closes.
+        let mut raw = Raw::connect(app.addr).await;
+        raw.send(&post(path, Some(&token), &body.to_string())).await;
+        let response = raw.response().await;
+        assert_eq!(response.status, 413, "{path}: {response:?}");
+        assert!(response.closes(), "{path}");
+        let json = response.json();
+        let code = json["error"]["code"].as_str().or(json["error"]["type"].as_str());
+        assert_eq!(code, Some("request_too_large"), "{path}: {json}");
+        assert!(raw.closed_within(Duration::from_secs(5)).await, "{path}: then it closes");
+
+        // An SDK-like client sending the same gets the 413 too.
+        let response = app.http.post(app.url(path)).json(body).send().await.unwrap();
+        assert_eq!(response.status(), 413, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn hostile_bodies_get_json_errors_on_rest_and_the_compatible_apis() {
+    let app = spawn_app();
+    let id = app.create_conversation(json!({})).await;
+    let nested = "[".repeat(100_000);
+    let huge_string = "s".repeat(200_000);
+    let long_prompt = "p".repeat(40 * 1024);
+    let openai = |content: &str, extra: Value| {
+        let mut body =
+            json!({"model": "primary", "messages": [{"role": "user", "content": content}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body.to_string()
+    };
+    let anthropic = |content: &str, max_tokens: Value| {
+        json!({"model": "primary", "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": content}]})
+        .to_string()
+    };
+    let messages = format!("/api/v1/conversations/{id}/messages");
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        ("nested JSON", "/api/v1/conversations", nested.clone(), 400, "invalid_json"),
+        ("nested JSON", "/v1/chat/completions", nested.clone(), 400, "invalid_json"),
+        ("nested JSON", "/v1/messages", nested.clone(), 400, "invalid_request_error"),
+        (
+            "huge string",
+            "/api/v1/conversations",
+            json!({"title": huge_string}).to_string(),
+            400,
+            "title_too_large",
+        ),
+        (
+            "prompt past the limit",
+            &messages,
+            json!({"content": long_prompt}).to_string(),
+            400,
+            "message_too_large",
+        ),
+        (
+            "prompt past the limit",
+            "/v1/chat/completions",
+            openai(&long_prompt, json!({})),
+            400,
+            "string_above_max_length",
+        ),
+        (
+            "prompt past the limit",
+            "/v1/messages",
+            anthropic(&long_prompt, json!(16)),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            "huge max_tokens",
+            "/v1/chat/completions",
+            openai("hi", json!({"max_tokens": 1e20})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "huge max_tokens",
+            "/v1/messages",
+            anthropic("hi", json!(1u64 << 40)),
+            400,
+            "invalid_request_error",
+        ),
+    ];
+    for (what, path, body, status, code) in &cases {
+        let response = app
+            .http
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), *status, "{what} on {path}");
+        let json: Value = response.json().await.unwrap();
+        let got = json["error"]["code"].as_str().or(json["error"]["type"].as_str());
+        assert_eq!(got, Some(*code), "{what} on {path}: {json}");
+    }
+
+    // The largest max_tokens the APIs accept sizes nothing: the turn is served as usual.
+    let response = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .json(
+            &serde_json::from_str::<Value>(&openai("hi", json!({"max_tokens": u32::MAX}))).unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = app
+        .http
+        .post(app.url(&messages))
+        .json(&json!({"content": "still serving?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn hostile_websocket_frames_get_an_error_or_a_close_and_the_engine_keeps_serving() {
+    let app = spawn_app();
+    let id = app.create_conversation(json!({})).await;
+    let mut ws = app.ws_connect(&id).await;
+
+    ws.send(Message::Binary(vec![0u8, 1, 2, 3].into())).await.unwrap();
+    assert_eq!(recv(&mut ws).await["code"], "invalid_frame", "binary frame");
+    ws.send(Message::Text("[".repeat(60_000).into())).await.unwrap();
+    assert_eq!(recv(&mut ws).await["code"], "invalid_frame", "deeply nested JSON");
+    send(&mut ws, json!({"type": "user_message", "content": "x".repeat(60_000)})).await;
+    assert_eq!(recv(&mut ws).await["code"], "message_too_large", "a huge string");
+    send(&mut ws, json!({"type": "user_message", "content": "x".repeat(100 * 1024)})).await;
+    assert_eq!(recv(&mut ws).await["code"], "frame_too_large");
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong", "the socket carries on");
+
+    // Past four times the frame limit the frame is not read to the end: the socket closes.
+    let _ = ws.send(Message::Text("y".repeat(300 * 1024).into())).await;
+    assert_eq!(close_code(&mut ws).await, 1009, "message too big");
+
+    // Text that is not UTF-8: the socket closes with 1007 (invalid payload data).
+    let mut ws = app.ws_connect(&id).await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1007, "invalid UTF-8");
+
+    // Everyone else — and a new socket of the same client — is served.
+    let mut ws = app.ws_connect(&id).await;
+    send(&mut ws, json!({"type": "user_message", "content": "Still there?"})).await;
+    let frames = recv_turn(&mut ws).await;
+    assert_eq!(frames.last().unwrap()["type"], "done", "{frames:?}");
+}
+
+#[tokio::test]
+async fn a_connection_flood_from_one_address_is_capped_and_others_are_served() {
+    let app = spawn_app_with("", Scenario::default(), "[limits]\nmax_connections_per_ip = 8");
+    let id = app.create_conversation(json!({})).await;
+    let flooder = "127.0.0.2";
+
+    // The flooder's first eight connections are admitted (held here as WebSockets)…
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(ws_from(flooder, app.ws_request(&id), app.addr).await.expect("admitted"));
+    }
+    // … the ninth gets 429 with the JSON error, and is closed.
+    let mut raw = Raw::from(connect_from(flooder, app.addr).await);
+    raw.send(get("/healthz")).await;
+    let refused = raw.response().await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"]["code"], "too_many_connections");
+    assert!(refused.closes());
+    assert!(raw.closed_within(Duration::from_secs(5)).await);
+    // A WebSocket handshake is refused the same way, before the upgrade.
+    assert_eq!(refused_status(ws_from(flooder, app.ws_request(&id), app.addr).await), 429);
+
+    // Everyone else is served meanwhile: HTTP, and a chat over WebSocket.
+    let (status, _) = app.get_json("/healthz").await;
+    assert_eq!(status, 200);
+    let mut ws = app.ws_connect(&id).await;
+    send(&mut ws, json!({"type": "user_message", "content": "Hello during a flood"})).await;
+    assert_eq!(recv_turn(&mut ws).await.last().unwrap()["type"], "done");
+
+    // Refused connections are bounded too: past twice the cap they are shut as they are
+    // accepted, before sending a byte.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut waiting = Vec::new();
+    for _ in 0..8 {
+        waiting.push(Raw::from(connect_from(flooder, app.addr).await));
+    }
+    let mut turned_away = Raw::from(connect_from(flooder, app.addr).await);
+    assert!(turned_away.closed_within(Duration::from_secs(2)).await, "turned away at accept");
+    waiting[0].send(get("/healthz")).await;
+    assert_eq!(waiting[0].response().await.status, 429, "a waiting one is answered 429");
+
+    // When the flooder lets go, its address is admitted again.
+    drop(held);
+    drop(waiting);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut raw = Raw::from(connect_from(flooder, app.addr).await);
+        raw.send(get("/healthz")).await;
+        let status = raw.response().await.status;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429);
+        assert!(Instant::now() < deadline, "the address is admitted again once its sockets close");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_is_capped_not_the_proxy() {
+    let limits = "[limits]\nmax_connections_per_ip = 2\ntrusted_proxies = [\"127.0.0.3\"]";
+    let app = spawn_app_with("", Scenario::default(), limits);
+    let id = app.create_conversation(json!({})).await;
+    let proxy = "127.0.0.3";
+    let forwarded = |client: &str| {
+        let mut request = app.ws_request(&id);
+        request.headers_mut().insert("x-forwarded-for", client.parse().unwrap());
+        request
+    };
+
+    // Two WebSockets for one client through the proxy fit; the third is refused.
+    let first = ws_from(proxy, forwarded("198.51.100.7"), app.addr).await.expect("admitted");
+    let _second = ws_from(proxy, forwarded("198.51.100.7"), app.addr).await.expect("admitted");
+    assert_eq!(refused_status(ws_from(proxy, forwarded("198.51.100.7"), app.addr).await), 429);
+    // Another client through the same proxy is unaffected, and the proxy itself holds more
+    // connections than the cap.
+    let _other = ws_from(proxy, forwarded("198.51.100.8"), app.addr).await.expect("admitted");
+    // A refusal through the proxy keeps the proxy's (shared) connection open.
+    let mut raw = Raw::from(connect_from(proxy, app.addr).await);
+    for (client, status) in [("198.51.100.8", 200), ("198.51.100.7", 429), ("198.51.100.8", 200)] {
+        let request =
+            format!("GET /healthz HTTP/1.1\r\nhost: s\r\nx-forwarded-for: {client}\r\n\r\n");
+        raw.send(request.as_bytes()).await;
+        let response = raw.response().await;
+        assert_eq!(response.status, status, "{client}: {response:?}");
+        assert!(!response.closes(), "{client}: the proxy's connection stays open");
+    }
+
+    // A client that is not a trusted proxy cannot pose as others: it is counted as itself.
+    let direct = "127.0.0.4";
+    let spoofed = |n: u8| {
+        let mut request = app.ws_request(&id);
+        request.headers_mut().insert("x-forwarded-for", format!("203.0.113.{n}").parse().unwrap());
+        request
+    };
+    let _a = ws_from(direct, spoofed(1), app.addr).await.expect("admitted");
+    let _b = ws_from(direct, spoofed(2), app.addr).await.expect("admitted");
+    assert_eq!(refused_status(ws_from(direct, spoofed(3), app.addr).await), 429);
+
+    // When one of the forwarded client's sockets closes, it may open another.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ws_from(proxy, forwarded("198.51.100.7"), app.addr).await.is_err() {
+        assert!(Instant::now() < deadline, "a closed socket frees the forwarded client's slot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// WebSocket clients that subscribe to a busy conversation and never read.
+const STALLED: usize = 100;
+/// Tokens in the reply they are sent: ~1 MiB of `delta` frames each.
+const FLOOD_TOKENS: u32 = 25_000;
+
+/// Posts a message on `conversation` and reads the whole reply; the bytes of its frames.
+/// A reader slower than the engine is dropped (1013) like any other; it then does what a
+/// client should: reconnects and resumes after the last seq it saw.
+async fn flood(node: &crate::app::ProcessNode, conversation: &str) -> usize {
+    let mut reader = node.ws_connect(conversation).await;
+    let ask = json!({"type": "user_message", "content": "Say a great deal", "cache": false});
+    send(&mut reader, ask).await;
+    let (mut bytes, mut last_seq) = (0usize, 0u64);
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), reader.next())
+            .await
+            .expect("the reader keeps receiving");
+        let text = match next {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                reader = node.ws_connect(conversation).await;
+                send(&mut reader, json!({"type": "resume", "after_seq": last_seq})).await;
+                continue;
+            }
+            Some(Ok(_)) => continue,
+        };
+        bytes += text.len();
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        last_seq = frame["seq"].as_u64().unwrap_or(last_seq);
+        if frame["type"] == "done" {
+            assert_eq!(frame["usage"]["output_tokens"], FLOOD_TOKENS);
+            return bytes;
+        }
+        assert_ne!(frame["type"], "error", "{frame}");
+    }
+}
+
+#[tokio::test]
+async fn never_reading_websocket_clients_are_dropped_and_the_engine_stays_small() {
+    let fake = FakeLlmServer::start(Scenario { tokens: FLOOD_TOKENS, ..Scenario::default() })
+        .expect("fake-llm starts");
+    let toml = format!(
+        "[[models]]\nname = \"primary\"\nprovider = \"openai_compatible\"\n\
+         upstream_model = \"gpt-4o\"\nbase_url = \"{}/v1\"\n",
+        fake.base_url()
+    );
+    // Default limits: what is measured is what ships.
+    let node = spawn_process_node("hostile-never-reads", &toml);
+    let token = node.token().await;
+    let http = client_with(&token);
+    let create = || async {
+        let url = node.url("/api/v1/conversations");
+        let created: Value =
+            http.post(url).json(&json!({})).send().await.unwrap().json().await.unwrap();
+        created["id"].as_str().unwrap().to_owned()
+    };
+    // The same flood with nobody stalled first: the baseline then includes everything a
+    // turn itself costs (allocator arenas, buffers, the stored reply's size class).
+    let calm = create().await;
+    flood(&node, &calm).await;
+    let baseline_kib = proc_status_kib(node.pid(), "VmRSS");
+
+    let busy = create().await;
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        // A tiny receive window, and never a read after subscribing.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = MaybeTlsStream::Plain(socket.connect(node.addr).await.unwrap());
+        let (mut ws, _) =
+            tokio_tungstenite::client_async(ws_request(node.addr, &busy, &token), stream)
+                .await
+                .unwrap();
+        send(&mut ws, json!({"type": "resume", "after_seq": 0})).await;
+        stalled.push(ws);
+    }
+    let bytes = flood(&node, &busy).await;
+    let peak_kib = proc_status_kib(node.pid(), "VmHWM");
+    let growth_mib = peak_kib.saturating_sub(baseline_kib) as f64 / 1024.0;
+    let owed_mib = (bytes * STALLED) as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "never-reading clients: {STALLED} stalled, {:.1} MiB to the reader, {owed_mib:.0} MiB \
+         owed to the stalled ones; RSS {baseline_kib} KiB before, peak {peak_kib} KiB \
+         (+{growth_mib:.1} MiB)",
+        bytes as f64 / (1024.0 * 1024.0)
+    );
+    assert!(bytes > 1024 * 1024, "each stalled client is owed over a MiB: {bytes} bytes");
+    assert!(
+        growth_mib < 24.0,
+        "memory stays bounded: +{growth_mib:.1} MiB at peak while {owed_mib:.0} MiB were owed \
+         to clients that never read"
+    );
+
+    // The stalled sessions are gone; nobody else is connected.
+    let admin = node.url("/admin/actors");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let tree: Value = http.get(&admin).send().await.unwrap().json().await.unwrap();
+        let sessions = tree["websocket_sessions"].as_u64().unwrap();
+        if sessions == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stalled sessions dropped: {sessions} left");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A stalled client that reads at last finds its stream ended — a close (1013: fell
+    // behind, reconnect and resume) or a dropped connection — not an endless backlog.
+    let mut ws = stalled.pop().unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stalled stream ends");
+    assert!(matches!(ended, None | Some(1013)), "{ended:?}");
+    drop(stalled);
+    assert_eq!(http.get(node.url("/healthz")).send().await.unwrap().status(), 200);
+}
