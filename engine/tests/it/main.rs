@@ -12,6 +12,7 @@ mod cluster;
 mod compat;
 mod costs;
 mod edges;
+mod hostile;
 mod observability;
 mod postgres;
 mod providers;
