@@ -233,7 +233,11 @@ impl AccountStore for MemoryAccountStore {
     }
 
     fn signing_keys(&self) -> AccountFuture<Vec<StoredSigningKey>> {
-        self.with(|i| Ok(i.signing_keys.clone()))
+        self.with(|i| {
+            let mut keys = i.signing_keys.clone();
+            keys.sort_by_key(|k| k.id);
+            Ok(keys)
+        })
     }
 
     fn add_signing_key(&self, key: StoredSigningKey) -> AccountFuture<()> {
@@ -244,5 +248,48 @@ impl AccountStore for MemoryAccountStore {
             i.signing_keys.push(key);
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::MemoryAccountStore;
+    use crate::accounts::contract;
+
+    #[tokio::test]
+    async fn tenants() {
+        contract::tenants(&MemoryAccountStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn users() {
+        contract::users(&MemoryAccountStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn memberships() {
+        contract::memberships(&MemoryAccountStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn api_keys() {
+        contract::api_keys(&MemoryAccountStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn refresh_tokens() {
+        contract::refresh_tokens(&MemoryAccountStore::new()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn refresh_reuse_race() {
+        contract::refresh_reuse_race(Arc::new(MemoryAccountStore::new())).await;
+    }
+
+    #[tokio::test]
+    async fn signing_keys() {
+        contract::signing_keys(&MemoryAccountStore::new()).await;
     }
 }

@@ -2,12 +2,17 @@
 //! signing keys, behind one [`AccountStore`] port.
 //!
 //! [`memory::MemoryAccountStore`] backs the embedded default (nothing persists);
-//! [`postgres::PgAccountStore`] backs production. `crate::auth` holds the rules (hashing,
+//! [`postgres::PgAccountStore`] backs production (shared by every node, survives restarts;
+//! [`sealed`] encrypts the secrets it keeps). `crate::auth` holds the rules (hashing,
 //! tokens, who may do what); this module only stores and finds records, always scoped by
-//! tenant where the record belongs to one.
+//! tenant where the record belongs to one. Both stores pass one contract suite
+//! (`contract.rs`, run from each store's tests).
 
+#[cfg(test)]
+mod contract;
 pub mod memory;
 pub mod postgres;
+pub mod sealed;
 
 use futures_util::future::BoxFuture;
 use serde::Serialize;

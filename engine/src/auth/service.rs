@@ -249,12 +249,17 @@ impl AuthService {
             }
         }
         if let Ok(keys) = self.accounts.signing_keys().await {
+            let ids: Vec<u32> = keys.iter().map(|k| k.id).collect();
             for k in keys.into_iter().filter(|k| !self.keys.contains(k.id)) {
                 if let Some(key) =
                     SigningKey::from_private_bytes(k.id, &k.private_key, k.created_at_ms)
                 {
                     self.keys.insert(key);
                 }
+            }
+            // A key deleted from the store (say, a compromised one) stops verifying here too.
+            for id in self.keys.retain(&ids) {
+                tracing::warn!(key_id = id, "signing key removed from the store: dropped");
             }
         }
     }
@@ -688,6 +693,25 @@ impl AuthService {
         password: &str,
         tenant_name: &str,
     ) -> anyhow::Result<(Tenant, User)> {
+        // Nodes sharing a database may bootstrap at the same moment; the loser of a race to
+        // create the user finds it the second time round.
+        match self.try_ensure_owner(email, password, tenant_name).await {
+            Err(e)
+                if e.downcast_ref::<ApiError>()
+                    .is_some_and(|e| e.status() == StatusCode::CONFLICT) =>
+            {
+                self.try_ensure_owner(email, password, tenant_name).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_ensure_owner(
+        &self,
+        email: &str,
+        password: &str,
+        tenant_name: &str,
+    ) -> anyhow::Result<(Tenant, User)> {
         let email = email.trim().to_lowercase();
         let existing =
             self.accounts.find_user_by_email(&email).await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -739,7 +763,7 @@ impl AuthService {
         let user = self
             .create_user(&tenant.id, &email, password, Role::Owner, true)
             .await
-            .map_err(|e| anyhow::anyhow!("failed to create the bootstrap user: {e}"))?;
+            .map_err(|e| anyhow::Error::new(e).context("failed to create the bootstrap user"))?;
         Ok((tenant, user))
     }
 
@@ -747,10 +771,19 @@ impl AuthService {
     async fn bootstrap_tenant(&self, name: &str) -> anyhow::Result<Tenant> {
         match self.accounts.get_tenant(DEFAULT_TENANT).await {
             Ok(tenant) => Ok(tenant),
-            Err(AccountError::NotFound) => self
-                .create_tenant_with_id(DEFAULT_TENANT.to_owned(), name, None, None)
-                .await
-                .map_err(|e| anyhow::anyhow!("failed to create the first tenant: {e}")),
+            Err(AccountError::NotFound) => {
+                match self.create_tenant_with_id(DEFAULT_TENANT.to_owned(), name, None, None).await
+                {
+                    Ok(tenant) => Ok(tenant),
+                    // Another node created it a moment ago.
+                    Err(e) if e.status() == StatusCode::CONFLICT => self
+                        .accounts
+                        .get_tenant(DEFAULT_TENANT)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("failed to read the first tenant: {e}")),
+                    Err(e) => Err(anyhow::anyhow!("failed to create the first tenant: {e}")),
+                }
+            }
             Err(e) => Err(anyhow::anyhow!("failed to read the first tenant: {e}")),
         }
     }
@@ -810,18 +843,28 @@ impl AuthService {
     /// Adds a new signing key; new tokens are signed with it, older ones stay valid until
     /// they expire.
     pub async fn rotate_keys(&self) -> Result<u32, ApiError> {
-        self.sync_from_store().await;
-        let key = SigningKey::generate(self.keys.next_id(), now_ms());
-        let record = StoredSigningKey {
-            id: key.id,
-            private_key: key.private_bytes(),
-            created_at_ms: key.created_at_ms,
-        };
-        self.accounts.add_signing_key(record).await.map_err(store_error)?;
-        let id = key.id;
-        self.keys.insert(key);
-        tracing::info!(key_id = id, "signing key rotated");
-        Ok(id)
+        // Another node may take the same next id at the same moment: learn its key and take
+        // the one after.
+        let mut attempts = 0;
+        loop {
+            self.sync_from_store().await;
+            let key = SigningKey::generate(self.keys.next_id(), now_ms());
+            let record = StoredSigningKey {
+                id: key.id,
+                private_key: key.private_bytes(),
+                created_at_ms: key.created_at_ms,
+            };
+            match self.accounts.add_signing_key(record).await {
+                Ok(()) => {
+                    let id = key.id;
+                    self.keys.insert(key);
+                    tracing::info!(key_id = id, "signing key rotated");
+                    return Ok(id);
+                }
+                Err(AccountError::Conflict) if attempts < 3 => attempts += 1,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
     }
 
     /// Authenticates a WebSocket on `conversation`: who, and whether the credential may also
