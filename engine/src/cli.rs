@@ -1,4 +1,7 @@
-//! The `switchyard` command line.
+//! The `switchyard` command line: serve (the default), check the configuration, chat,
+//! migrate, and the offline account administration (`tenant create`, `user create`,
+//! `keys rotate`) that acts on the PostgreSQL database directly (see
+//! [`crate::auth::admin`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +40,62 @@ pub enum Command {
     Chat(ChatArgs),
     /// Apply pending database migrations (`[database]` / DATABASE_URL) and exit.
     Migrate,
+    /// Tenants, in the database (`[database]` / DATABASE_URL).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Users, in the database (`[database]` / DATABASE_URL).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Token signing keys, in the database (`[database]` / DATABASE_URL).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant; prints `tenant_id <id>`.
+    Create {
+        /// The tenant's display name.
+        name: String,
+        /// Requests per minute for the whole tenant (default: `auth.tenant_requests_per_minute`).
+        #[arg(long)]
+        requests_per_minute: Option<u64>,
+        /// Model tokens per minute for the whole tenant (default: `auth.tenant_tokens_per_minute`).
+        #[arg(long)]
+        tokens_per_minute: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum UserCommand {
+    /// Create a user in a tenant; prints `user_id <id>` (and `password <p>` when generated).
+    Create(UserCreateArgs),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct UserCreateArgs {
+    /// The tenant's id (from `switchyard tenant create`).
+    #[arg(long)]
+    pub tenant: String,
+    #[arg(long)]
+    pub email: String,
+    /// owner, admin, member or viewer.
+    #[arg(long)]
+    pub role: String,
+    /// Also make the user a platform superadmin.
+    #[arg(long)]
+    pub superadmin: bool,
+    /// Read the password from standard input (one line). Without it a random password is
+    /// generated and printed once.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum KeysCommand {
+    /// Add a new token signing key; prints `signing_key <id>`. Running engines pick it up
+    /// within seconds; tokens signed by older keys stay valid until they expire.
+    Rotate,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]

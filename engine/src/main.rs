@@ -1,5 +1,6 @@
 //! The `switchyard` binary: parse the command line, set up logging, load the configuration,
-//! then serve (or check the configuration and exit). Everything else lives in the library.
+//! then serve (or check the configuration, migrate, or run an account command, and exit).
+//! Everything else lives in the library.
 
 use anyhow::Context;
 use clap::Parser;
@@ -30,6 +31,20 @@ fn main() -> anyhow::Result<()> {
             let report =
                 actix_rt::System::new().block_on(engine::store::migrate::command(&config))?;
             println!("{report}");
+            Ok(())
+        }
+        Command::Tenant(_) | Command::User(_) | Command::Keys(_) => {
+            let command = cli.command();
+            let read_password = || {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map(|_| line)
+            };
+            let output = actix_rt::System::new().block_on(engine::auth::admin::run(
+                &config,
+                &command,
+                read_password,
+            ))?;
+            println!("{output}");
             Ok(())
         }
         Command::Chat(_) => Ok(()),

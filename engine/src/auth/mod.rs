@@ -22,8 +22,10 @@
 //! attenuation; [`passwords`] argon2id; [`totp`] RFC 6238 and recovery codes; [`api_keys`]
 //! key format and hashing; [`limits`] counters, rate limits, token quotas, login lockout;
 //! [`service`] the [`AuthService`] that ties them to the [`crate::accounts`] store
-//! (login, refresh with reuse detection, logout, bootstrap, key rotation).
+//! (login, refresh with reuse detection, logout, bootstrap, key rotation); [`setup`] builds
+//! it from the configuration; [`admin`] the offline `tenant`/`user`/`keys` commands.
 
+pub mod admin;
 pub mod api_keys;
 pub mod limits;
 pub mod passwords;
