@@ -5,6 +5,7 @@
 // functions shared by several tests are test code too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod accounts_pg;
 mod app;
 mod auth;
 mod cache;
