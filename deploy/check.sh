@@ -22,7 +22,7 @@ promtool check rules prometheus/rules/*.rules.yml
 promtool test rules prometheus/tests/*.test.yml
 promtool check config --syntax-only prometheus/prometheus.yml
 
-step "kustomize: render base and production"
+step "kustomize: render base, production and the DR jobs"
 render() {
   if command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1; then
     kubectl kustomize "$1"
@@ -32,10 +32,11 @@ render() {
 }
 render k8s/base > "$tmp/base.yaml"
 render k8s/overlays/production > "$tmp/production.yaml"
-grep -c '^kind:' "$tmp/base.yaml" "$tmp/production.yaml"
+render dr > "$tmp/dr.yaml"
+grep -c '^kind:' "$tmp/base.yaml" "$tmp/production.yaml" "$tmp/dr.yaml"
 
 step "kubernetes-validate (strict, 1.30)"
-kubernetes-validate --strict --quiet -k 1.30.0 "$tmp/base.yaml" "$tmp/production.yaml"
+kubernetes-validate --strict --quiet -k 1.30.0 "$tmp/base.yaml" "$tmp/production.yaml" "$tmp/dr.yaml"
 
 step "hadolint: Dockerfile"
 hadolint Dockerfile
