@@ -680,10 +680,11 @@ impl Config {
         Ok(())
     }
 
-    /// Whether clients may ask for `name`: a configured model, a route alias, or `auto`
-    /// (complexity-based routing, see `crate::costs`).
+    /// Whether clients may ask for `name`: a configured model, a route alias, `auto`
+    /// (complexity-based routing) or `cheapest:<tier>` (see `crate::costs::policy`).
     pub fn routes_to(&self, name: &str) -> bool {
         name == crate::costs::AUTO_MODEL
+            || crate::costs::policy::is_tier_choice(name)
             || self.models.iter().any(|m| m.name == name)
             || self.routing.aliases.contains_key(name)
     }

@@ -22,6 +22,7 @@ use futures_util::{StreamExt, stream};
 use super::Costs;
 use super::budgets::OnExceeded;
 use super::ledger::LedgerEntry;
+use super::policy::{self, Plan};
 
 pub struct MeteredRunner {
     inner: Arc<dyn TurnRunner>,
@@ -46,14 +47,20 @@ impl TurnRunner for MeteredRunner {
             // the savings report can say what routing would have saved.
             let assessment = crate::routing::complexity::assess(&request.request);
             let scored_tier = Some(assessment.tier.as_str().to_owned());
-            if costs.is_auto(&request.tenant_id, &request.model) {
-                let decision = costs.choose(&assessment);
+            let tenant = costs.tenant_routing(&request.tenant_id).await;
+            let decision = match policy::plan(&request.model, tenant, costs.auto_is_alias()) {
+                Plan::AsNamed => None,
+                Plan::Complexity { floor } => Some(costs.choose(&requested, &assessment, floor)),
+                Plan::Cheapest { tier } => Some(costs.cheapest(&requested, tier)),
+            };
+            if let Some(decision) = decision {
                 tracing::info!(
                     parent: &span,
+                    policy = %decision.note.policy,
                     tier = decision.note.tier.as_deref(),
                     model = %decision.model,
                     reason = %decision.note.reason,
-                    "auto route"
+                    "the engine chose the model"
                 );
                 request.model = decision.model;
                 route = Some(decision.note);

@@ -15,6 +15,7 @@ pub mod anomaly;
 pub mod budgets;
 pub mod ledger;
 pub mod meter;
+pub mod policy;
 pub mod prices;
 pub mod reports;
 
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use self::anomaly::{AnomalyConfig, AnomalyDetector};
 use self::budgets::{Budget, BudgetStore, CachedBudgets, OnExceeded, Scope, SpendCounters};
 use self::ledger::{LedgerEntry, LedgerError, SharedLedger};
+use self::policy::{CachedRouting, RoutingStore, TenantRouting};
 use self::prices::{Price, PriceInDollars, PriceTable};
 use self::reports::Month;
 use crate::config::Config;
@@ -120,6 +122,7 @@ pub struct Costs {
     aliases: HashSet<String>,
     ledger: SharedLedger,
     budgets: CachedBudgets,
+    routing: CachedRouting,
     spend: SpendCounters,
     anomalies: AnomalyDetector,
     ttft: Mutex<HashMap<String, VecDeque<u32>>>,
@@ -142,14 +145,20 @@ impl Costs {
             .iter()
             .map(|m| (m.name.clone(), m.tier.unwrap_or_else(|| default_tier(&m.name))))
             .collect();
-        let (ledger, budgets): (SharedLedger, Arc<dyn BudgetStore>) = match &pool {
+        let (ledger, budgets, routing): (
+            SharedLedger,
+            Arc<dyn BudgetStore>,
+            Arc<dyn RoutingStore>,
+        ) = match &pool {
             Some(pool) => (
                 Arc::new(ledger::PgLedger::new(pool.clone())),
                 Arc::new(budgets::PgBudgets::new(pool.clone())),
+                Arc::new(policy::PgRouting::new(pool.clone())),
             ),
             None => (
                 Arc::new(ledger::MemoryLedger::new(config.costs.memory_ledger_rows)),
                 Arc::new(budgets::MemoryBudgets::default()),
+                Arc::new(policy::MemoryRouting::default()),
             ),
         };
         Arc::new(Costs {
@@ -160,6 +169,7 @@ impl Costs {
             spend: SpendCounters::new(ledger.clone()),
             ledger,
             budgets: CachedBudgets::new(budgets),
+            routing: CachedRouting::new(routing),
             anomalies: AnomalyDetector::new(config.costs.anomaly.clone(), pool.clone()),
             ttft: Mutex::default(),
             router,
@@ -276,40 +286,95 @@ impl Costs {
         Ok(())
     }
 
-    /// Whether `model` asks the engine to choose.
+    /// Whether `model` asks the engine to choose by complexity.
     pub fn is_auto(&self, _tenant_id: &str, model: &str) -> bool {
-        model == AUTO_MODEL && !self.aliases.contains(AUTO_MODEL)
+        model == AUTO_MODEL && !self.auto_is_alias()
     }
 
-    /// The cheapest healthy model of the tier the scorer gives `request` (never a lower
-    /// tier; a higher one when the tier has no healthy model), the faster of equally cheap
-    /// ones.
-    pub fn choose(&self, assessment: &complexity::Assessment) -> Decision {
-        let model = self.cheapest_at_least(assessment.tier);
-        let reason = if assessment.reasons.is_empty() {
-            format!("score {:.2}", assessment.score)
-        } else {
-            format!("score {:.2}: {}", assessment.score, assessment.reasons.join(", "))
-        };
+    /// Whether the configuration defines an alias named `auto` (which then wins).
+    pub fn auto_is_alias(&self) -> bool {
+        self.aliases.contains(AUTO_MODEL)
+    }
+
+    /// The tenant's routing settings; the defaults when they cannot be read (logged).
+    pub async fn tenant_routing(&self, tenant_id: &str) -> TenantRouting {
+        match self.routing.get(tenant_id).await {
+            Ok(routing) => routing,
+            Err(error) => {
+                tracing::warn!(%error, "routing settings unavailable; routing as named");
+                TenantRouting::default()
+            }
+        }
+    }
+
+    pub async fn set_tenant_routing(
+        &self,
+        tenant_id: &str,
+        routing: Option<TenantRouting>,
+    ) -> Result<(), LedgerError> {
+        self.routing.put(tenant_id, routing).await
+    }
+
+    /// `cheapest:<tier>` or a tenant's `cheapest` policy: no scoring.
+    pub fn cheapest(&self, requested: &str, tier: Tier) -> Decision {
+        let model = self.cheapest_at_least(tier);
         metrics::counter!(
             m::ROUTE_DECISIONS,
-            "policy" => "complexity",
-            "tier" => assessment.tier.as_str(),
+            "policy" => "cheapest",
+            "tier" => tier.as_str(),
             "model" => model.clone()
         )
         .increment(1);
         Decision {
             model,
             note: RouteNote {
-                requested: AUTO_MODEL.into(),
+                requested: requested.to_owned(),
+                policy: "cheapest".into(),
+                tier: Some(tier.as_str().into()),
+                reason: format!("cheapest healthy model of tier {} or above", tier.as_str()),
+            },
+        }
+    }
+
+    /// The cheapest healthy model of the tier the scorer gives `request` (never a lower
+    /// tier; a higher one when the tier has no healthy model), the faster of equally cheap
+    /// ones.
+    /// `floor` is the tenant's minimum tier.
+    pub fn choose(
+        &self,
+        requested: &str,
+        assessment: &complexity::Assessment,
+        floor: Tier,
+    ) -> Decision {
+        let tier = assessment.tier.max(floor);
+        let model = self.cheapest_at_least(tier);
+        let mut reason = if assessment.reasons.is_empty() {
+            format!("score {:.2}", assessment.score)
+        } else {
+            format!("score {:.2}: {}", assessment.score, assessment.reasons.join(", "))
+        };
+        if tier > assessment.tier {
+            reason.push_str(&format!("; raised to the tenant's minimum tier {}", tier.as_str()));
+        }
+        metrics::counter!(
+            m::ROUTE_DECISIONS,
+            "policy" => "complexity",
+            "tier" => tier.as_str(),
+            "model" => model.clone()
+        )
+        .increment(1);
+        Decision {
+            model,
+            note: RouteNote {
+                requested: requested.to_owned(),
                 policy: "complexity".into(),
-                tier: Some(assessment.tier.as_str().into()),
+                tier: Some(tier.as_str().into()),
                 reason,
             },
         }
     }
 
-    fn cheapest_at_least(&self, tier: Tier) -> String {
+    pub fn cheapest_at_least(&self, tier: Tier) -> String {
         let prices = self.prices();
         let now = tokio::time::Instant::now();
         let healthy = |m: &str| self.router.endpoint(m).is_none_or(|h| h.admits(now));

@@ -13,6 +13,8 @@
 //!   every tenant's (superadmin).
 //! - `GET|PUT|DELETE /api/v1/tenants/{id}/budget` and `/api/v1/tenants/{id}/users/{user}/budget`
 //!   — monthly budgets (`costs:manage` in that tenant, or superadmin).
+//! - `GET|PUT|DELETE /api/v1/tenants/{id}/routing` — the tenant's routing policy
+//!   (`explicit`, `auto`, `cheapest`) and minimum tier (`costs::policy`);
 //! - `GET /api/v1/prices` — the price table; `PUT /admin/prices/{model}` — a new version with
 //!   that model's price (`prices:manage`, superadmin).
 
@@ -25,6 +27,7 @@ use serde_json::json;
 use crate::auth::{Authorized, Required, perm};
 use crate::costs::budgets::{Budget, Scope};
 use crate::costs::ledger::{LedgerError, ReportQuery};
+use crate::costs::policy::TenantRouting;
 use crate::costs::prices::PriceInDollars;
 use crate::costs::reports::{self, GroupBy, Month};
 use crate::error::ApiError;
@@ -44,7 +47,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(put_user_budget)
         .service(delete_user_budget)
         .service(price_table)
-        .service(set_price);
+        .service(set_price)
+        .service(get_routing)
+        .service(put_routing)
+        .service(delete_routing);
 }
 
 fn ledger_down(error: LedgerError) -> ApiError {
@@ -411,4 +417,39 @@ async fn set_price(
     let table =
         state.tree.costs.set_price(&model, price, &who.auth.user_id).await.map_err(ledger_down)?;
     Ok(HttpResponse::Ok().json(json!({ "version": table.version, "models": table.models })))
+}
+
+#[get("/api/v1/tenants/{id}/routing")]
+async fn get_routing(
+    state: web::Data<AppState>,
+    who: Authorized<perm::CostsRead>,
+    tenant_id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    may_budget(&who, &tenant_id)?;
+    Ok(HttpResponse::Ok().json(state.tree.costs.tenant_routing(&tenant_id).await))
+}
+
+#[put("/api/v1/tenants/{id}/routing")]
+async fn put_routing(
+    state: web::Data<AppState>,
+    who: Authorized<perm::CostsManage>,
+    tenant_id: web::Path<String>,
+    body: web::Json<TenantRouting>,
+) -> Result<HttpResponse, ApiError> {
+    may_budget(&who, &tenant_id)?;
+    let routing = body.into_inner();
+    state.tree.costs.set_tenant_routing(&tenant_id, Some(routing)).await.map_err(ledger_down)?;
+    tracing::info!(tenant = %tenant_id, ?routing, "routing policy changed");
+    Ok(HttpResponse::Ok().json(routing))
+}
+
+#[delete("/api/v1/tenants/{id}/routing")]
+async fn delete_routing(
+    state: web::Data<AppState>,
+    who: Authorized<perm::CostsManage>,
+    tenant_id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    may_budget(&who, &tenant_id)?;
+    state.tree.costs.set_tenant_routing(&tenant_id, None).await.map_err(ledger_down)?;
+    Ok(HttpResponse::Ok().json(TenantRouting::default()))
 }

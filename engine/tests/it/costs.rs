@@ -104,8 +104,7 @@ async fn conversation_turns_are_priced_and_reports_equal_the_ledger() {
         total += expected;
     }
     // The stored messages keep their cost too.
-    let (status, messages) =
-        app.get_json(&format!("/api/v1/conversations/{conversation}")).await;
+    let (status, messages) = app.get_json(&format!("/api/v1/conversations/{conversation}")).await;
     assert_eq!(status, 200);
     let stored: u64 = messages["messages"]
         .as_array()
@@ -544,4 +543,65 @@ async fn a_budget_holds_across_two_nodes() {
     assert_eq!(report["total_cost_micros"], cost_a);
     drop((a, b));
     drop(database);
+}
+
+#[tokio::test]
+async fn tenants_and_requests_choose_the_routing_policy() {
+    let app = priced_app("", "");
+    let routed = |model: &'static str, prompt: &'static str| {
+        let (http, url) = (app.http.clone(), app.url("/v1/chat/completions"));
+        async move {
+            let response = post(&http, url, &chat(model, prompt)).await;
+            assert_eq!(response.status(), 200, "{model}");
+            (
+                header(&response, "x-switchyard-model").unwrap(),
+                header(&response, "x-switchyard-route"),
+            )
+        }
+    };
+    // Per request: the cheapest model of a tier, no scoring; an unknown tier is an unknown model.
+    let (model, route) = routed("cheapest:economy", "Prove the four colour theorem").await;
+    assert_eq!(model, "cheap");
+    assert!(route.unwrap().starts_with("cheapest; tier=economy"));
+    let unknown =
+        post(&app.http, app.url("/v1/chat/completions"), &chat("cheapest:gold", "x")).await;
+    assert_eq!(unknown.status(), 404);
+
+    let routing_url = app.url("/api/v1/tenants/default/routing");
+    let (_, current) = app.get_json("/api/v1/tenants/default/routing").await;
+    assert_eq!(current, json!({"policy": "explicit", "min_tier": "economy"}));
+    // The tenant routes everything by complexity: a named premium model no longer pins it.
+    let set = app.http.put(&routing_url).json(&json!({"policy": "auto"})).send().await.unwrap();
+    assert_eq!(set.status(), 200);
+    let (model, route) = routed("primary", "What time zone is Paris in?").await;
+    assert_eq!(model, "cheap");
+    assert!(route.unwrap().starts_with("complexity; tier=economy"));
+    // A quality floor: simple turns go no lower than premium.
+    let set = app
+        .http
+        .put(&routing_url)
+        .json(&json!({"policy": "auto", "min_tier": "premium"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
+    let (model, route) = routed("auto", "What time zone is Rome in?").await;
+    assert_eq!(model, "primary");
+    assert!(route.unwrap().contains("minimum tier premium"));
+    // Bad settings are refused; deleting restores explicit routing.
+    for bad in [json!({"policy": "magic"}), json!({"min_tier": "gold"}), json!({"tier": "premium"})]
+    {
+        let response = app.http.put(&routing_url).json(&bad).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+    }
+    assert_eq!(app.http.delete(&routing_url).send().await.unwrap().status(), 200);
+    let (model, route) = routed("cheap", "What time zone is Oslo in?").await;
+    assert_eq!((model.as_str(), route), ("cheap", None));
+
+    // Another tenant's admin cannot read or change it.
+    let other = app.create_tenant("elsewhere").await;
+    let admin = client_with(&app.user(&other, "admin@elsewhere.test", "admin").await.access_token);
+    let response =
+        admin.put(&routing_url).json(&json!({"policy": "cheapest"})).send().await.unwrap();
+    assert_eq!(response.status(), 404);
 }
