@@ -297,6 +297,10 @@ pub struct ReplyView {
     #[schema(value_type = String)]
     finish_reason: FinishReason,
     cost_micros: Option<u64>,
+    /// Whether the response cache answered (`miss`, `exact`, `semantic`), as in the `done`
+    /// event.
+    #[schema(value_type = String, example = "miss")]
+    cache: actors::events::CacheStatus,
     seq: u64,
 }
 
@@ -357,6 +361,7 @@ async fn post_message(
             usage: turn.usage,
             finish_reason: turn.finish_reason,
             cost_micros: turn.cost_micros,
+            cache: turn.cache,
             seq: turn.seq,
         }));
     }

@@ -145,10 +145,15 @@ async fn the_rest_message_route_honours_the_opt_out_and_reports_hits() {
         }
     };
     let first = post(app.create_conversation(json!({})).await, true).await;
+    assert_eq!(first["cache"], "miss");
     let before = app.fake.stats().requests;
     let second = post(app.create_conversation(json!({})).await, true).await;
     assert_eq!(second["content"], first["content"]);
+    // The reply says where it came from, as the WebSocket's `done` does.
+    assert_eq!(second["cache"], "exact");
+    assert_eq!(second["usage"], json!({"input_tokens": 0, "output_tokens": 0}));
     assert_eq!(app.fake.stats().requests, before);
-    post(app.create_conversation(json!({})).await, false).await;
+    let opted_out = post(app.create_conversation(json!({})).await, false).await;
+    assert_eq!(opted_out["cache"], "miss");
     assert_eq!(app.fake.stats().requests, before + 1);
 }
