@@ -22,6 +22,8 @@ pub struct Scope(pub Digest256);
 pub struct CacheKey {
     pub scope: Scope,
     pub exact: Digest256,
+    /// The model family (also inside `scope`; the table keys rows by it).
+    pub family: String,
     /// The last user message, as typed (verification looks at case and punctuation).
     pub prompt: String,
 }
@@ -73,7 +75,8 @@ pub fn key_for(model: &str, request: &GenerationRequest) -> Option<CacheKey> {
         h.update((value.len() as u64).to_le_bytes());
         h.update(value.as_bytes());
     };
-    field("family", &model_family(model));
+    let family = model_family(model);
+    field("family", &family);
     field("system", request.system.as_deref().map(str::trim).unwrap_or(""));
     for message in prior {
         let role = match message.role {
@@ -90,7 +93,7 @@ pub fn key_for(model: &str, request: &GenerationRequest) -> Option<CacheKey> {
     let mut e = Sha256::new();
     e.update(scope.0);
     e.update(normalize_prompt(&last.content).as_bytes());
-    Some(CacheKey { scope, exact: e.finalize().into(), prompt: last.content.clone() })
+    Some(CacheKey { scope, exact: e.finalize().into(), family, prompt: last.content.clone() })
 }
 
 #[cfg(test)]

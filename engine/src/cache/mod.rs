@@ -10,23 +10,27 @@
 //!   swapped entities or units, changed numbers, dates, scope) that cosine cannot see;
 //! - [`runner`]: [`CachingRunner`], the `TurnRunner` decorator that serves hits as a live
 //!   reply would stream and stores answers of turns that finished normally;
-//! - [`http`]: `GET`/`DELETE /api/v1/cache` (stats, purge) for the caller's tenant.
+//! - [`http`]: `GET`/`DELETE /api/v1/cache` (stats, purge) for the caller's tenant;
+//! - [`persist`]: with `[database]`, the entries in PostgreSQL — written off the turn's path,
+//!   rebuilt into memory at start, synced between nodes, purged everywhere.
 //!
-//! Entries live in memory per tenant with a TTL and a size bound (least recently used
-//! evicted first). Every hit records the usage it saved through a [`SavingsRecorder`], the
-//! hook the cost ledger plugs into.
+//! Entries are served from memory per tenant with a TTL and a size bound (least recently
+//! used evicted first). Every hit records the usage it saved through a [`SavingsRecorder`],
+//! the hook the cost ledger plugs into.
 
 pub mod embed;
 pub mod http;
 pub mod index;
 pub mod key;
 pub mod minilm;
+pub mod persist;
 pub mod runner;
 pub mod tokenizer;
 pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use actors::events::CacheStatus;
@@ -127,6 +131,7 @@ pub enum Lookup {
 struct Entry {
     scope: Scope,
     exact: key::Digest256,
+    family: String,
     prompt: String,
     /// The vector space of the embedding in the index, if any.
     space: Option<String>,
@@ -169,7 +174,22 @@ impl TenantCache {
             self.remove(id);
         }
     }
+
+    /// Drops every entry; the counters stay.
+    fn clear(&mut self) -> usize {
+        let n = self.entries.len();
+        self.entries.clear();
+        self.exact.clear();
+        self.indexes.clear();
+        self.lru.clear();
+        n
+    }
 }
+
+/// Why a purge did not reach the database (the memory of this node is purged regardless).
+#[derive(Debug, thiserror::Error)]
+#[error("the cache could not be purged in the database: {0}")]
+pub struct PurgeError(String);
 
 /// The cache of every tenant on this node.
 pub struct Cache {
@@ -178,9 +198,14 @@ pub struct Cache {
     tenants: Mutex<HashMap<String, TenantCache>>,
     overrides: Mutex<HashMap<String, TenantCacheConfig>>,
     savings: Option<Arc<dyn SavingsRecorder>>,
-    next_id: std::sync::atomic::AtomicU64,
+    next_id: AtomicU64,
     /// The time source for TTLs (a test moves it forward).
     clock: Arc<dyn Fn() -> Instant + Send + Sync>,
+    /// The table behind the memory, with `[database]`.
+    persistence: OnceLock<persist::Persistence>,
+    /// Bumped (under the `tenants` lock) by every purge, so a page of rows read from the
+    /// table before a purge is not loaded after it.
+    generation: AtomicU64,
 }
 
 impl Cache {
@@ -191,8 +216,19 @@ impl Cache {
             tenants: Mutex::new(HashMap::new()),
             overrides: Mutex::new(HashMap::new()),
             savings: None,
-            next_id: std::sync::atomic::AtomicU64::new(1),
+            next_id: AtomicU64::new(1),
             clock: Arc::new(Instant::now),
+            persistence: OnceLock::new(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Persists entries in PostgreSQL (`pool`, migrated) and rebuilds this node's maps from
+    /// the table in the background, then keeps them in step with other nodes' writes and
+    /// purges (see [`persist`]). Must run inside a Tokio runtime; a second call does nothing.
+    pub fn persist(self: &Arc<Self>, pool: deadpool_postgres::Pool) {
+        if self.persistence.get().is_none() {
+            let _ = self.persistence.set(persist::Persistence::start(self, pool));
         }
     }
 
@@ -321,7 +357,7 @@ impl Cache {
             t.remove(id);
             return None;
         }
-        let answer = self.touch(t, id)?;
+        let answer = self.touch(tenant, t, id)?;
         t.stats.exact_hits += 1;
         self.saved(t, tenant, &answer, CacheStatus::Exact);
         Some(Lookup::Hit { answer, kind: CacheStatus::Exact })
@@ -353,7 +389,7 @@ impl Cache {
             }
             match verify::verify(&entry.prompt, &key.prompt, &policy.verify) {
                 Verdict::Same => {
-                    let answer = self.touch(t, id)?;
+                    let answer = self.touch(tenant, t, id)?;
                     t.stats.semantic_hits += 1;
                     self.saved(t, tenant, &answer, CacheStatus::Semantic);
                     return Some(Lookup::Hit { answer, kind: CacheStatus::Semantic });
@@ -372,14 +408,21 @@ impl Cache {
         None
     }
 
-    /// Marks entry `id` used now and returns its answer.
-    fn touch(&self, t: &mut TenantCache, id: u64) -> Option<CachedAnswer> {
-        let tick = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// Marks entry `id` used now (here and, queued, in the table) and returns its answer.
+    fn touch(&self, tenant: &str, t: &mut TenantCache, id: u64) -> Option<CachedAnswer> {
+        let tick = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = t.entries.get_mut(&id)?;
         t.lru.remove(&entry.tick);
         entry.tick = tick;
         entry.hits += 1;
         t.lru.insert(tick, id);
+        if let Some(persistence) = self.persistence.get() {
+            persistence.send(persist::Write::Hit {
+                tenant: tenant.to_owned(),
+                family: entry.family.clone(),
+                key_hash: persist::hex(&entry.exact),
+            });
+        }
         Some(entry.answer.clone())
     }
 
@@ -391,7 +434,7 @@ impl Cache {
         }
     }
 
-    /// Stores the answer of a turn that missed.
+    /// Stores the answer of a turn that missed (and queues it for the table).
     pub fn store(
         &self,
         tenant: &str,
@@ -407,10 +450,32 @@ impl Cache {
             return;
         }
         let now = (self.clock)();
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let space = match (&vector, &self.embedder) {
             (Some(_), Some(e)) => Some(e.space().to_owned()),
             _ => None,
+        };
+        let row = self.persistence.get().map(|_| persist::NewRow {
+            tenant: tenant.to_owned(),
+            family: key.family.clone(),
+            exact: key.exact,
+            scope: key.scope,
+            prompt: key.prompt.clone(),
+            embedding: None,
+            space: space.clone(),
+            answer: answer.clone(),
+            ttl: policy.ttl,
+            max_entries: policy.max_entries,
+        });
+        let entry = Entry {
+            scope: key.scope,
+            exact: key.exact,
+            family: key.family,
+            prompt: key.prompt,
+            space,
+            answer,
+            expires: now + policy.ttl,
+            tick: 0,
+            hits: 0,
         };
         let mut tenants = lock(&self.tenants);
         let t = tenants.entry(tenant.to_owned()).or_default();
@@ -418,6 +483,24 @@ impl Cache {
         if let Some(old) = t.exact.get(&key.exact).copied() {
             t.remove(old);
         }
+        self.insert(t, &policy, now, entry, vector.as_deref());
+        drop(tenants);
+        if let (Some(persistence), Some(mut row)) = (self.persistence.get(), row) {
+            row.embedding = vector;
+            persistence.send(persist::Write::Insert(Box::new(row)));
+        }
+    }
+
+    /// Files `entry` (and its vector) in `t`, evicting expired, then least recently used
+    /// entries beyond the tenant's cap.
+    fn insert(
+        &self,
+        t: &mut TenantCache,
+        policy: &TenantPolicy,
+        now: Instant,
+        mut entry: Entry,
+        vector: Option<&[f32]>,
+    ) {
         if t.entries.len() >= policy.max_entries {
             t.sweep_expired(now);
         }
@@ -425,40 +508,92 @@ impl Cache {
             let Some((_, oldest)) = t.lru.pop_first() else { break };
             t.remove(oldest);
         }
-        if let Some(v) = &vector {
-            t.indexes.entry(key.scope).or_insert_with(|| VectorIndex::new(v.len())).insert(id, v);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(v) = vector {
+            t.indexes.entry(entry.scope).or_insert_with(|| VectorIndex::new(v.len())).insert(id, v);
         }
-        t.exact.insert(key.exact, id);
+        entry.tick = id;
+        t.exact.insert(entry.exact, id);
         t.lru.insert(id, id);
-        t.entries.insert(
-            id,
-            Entry {
-                scope: key.scope,
-                exact: key.exact,
-                prompt: key.prompt,
-                space,
-                answer,
-                expires: now + policy.ttl,
-                tick: id,
-                hits: 0,
-            },
-        );
+        t.entries.insert(id, entry);
     }
 
-    /// Drops every entry of `tenant`; returns how many there were.
-    pub fn purge(&self, tenant: &str) -> usize {
+    /// Loads rows read from the table (the rebuild, another node's writes). A key this node
+    /// already holds keeps its entry; a vector of another space than this node's embedder
+    /// is not indexed (its entry still serves the exact tier). Nothing is loaded, and false
+    /// returned, when a purge ran since `generation` was read.
+    pub fn load(&self, rows: Vec<persist::LoadedRow>, generation: u64) -> bool {
+        let now = (self.clock)();
+        let space = self.embedder.as_ref().map(|e| e.space().to_owned());
+        let mut policies: HashMap<String, TenantPolicy> = HashMap::new();
         let mut tenants = lock(&self.tenants);
-        match tenants.get_mut(tenant) {
-            Some(t) => {
-                let n = t.entries.len();
-                t.entries.clear();
-                t.exact.clear();
-                t.indexes.clear();
-                t.lru.clear();
-                n
-            }
-            None => 0,
+        if self.generation.load(Ordering::Acquire) != generation {
+            return false;
         }
+        for row in rows {
+            if row.remaining.is_zero() {
+                continue;
+            }
+            let policy =
+                policies.entry(row.tenant.clone()).or_insert_with(|| self.policy(&row.tenant));
+            if policy.max_entries == 0 {
+                continue;
+            }
+            let t = tenants.entry(row.tenant).or_default();
+            if let Some(id) = t.exact.get(&row.exact).copied() {
+                if t.entries.get(&id).is_some_and(|e| e.expires > now) {
+                    continue;
+                }
+                t.remove(id);
+            }
+            let vector = row.embedding.filter(|_| row.space.is_some() && row.space == space);
+            let entry = Entry {
+                scope: row.scope,
+                exact: row.exact,
+                family: row.family,
+                prompt: row.prompt,
+                space: if vector.is_some() { row.space } else { None },
+                answer: row.answer,
+                expires: now + row.remaining,
+                tick: 0,
+                hits: row.hits,
+            };
+            self.insert(t, policy, now, entry, vector.as_deref());
+        }
+        true
+    }
+
+    /// The purge generation (see [`Cache::load`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Drops every entry of `tenant` on this node; returns how many there were.
+    pub fn purge_local(&self, tenant: &str) -> usize {
+        let mut tenants = lock(&self.tenants);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        tenants.get_mut(tenant).map_or(0, TenantCache::clear)
+    }
+
+    /// Drops every entry of every tenant on this node (before a full rebuild).
+    pub fn clear_all(&self) {
+        let mut tenants = lock(&self.tenants);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        tenants.values_mut().for_each(|t| {
+            t.clear();
+        });
+    }
+
+    /// Purges `tenant`'s cache: this node's memory, and with a database the table (after
+    /// every write queued before) and, through a marker, every other node's memory. Returns
+    /// how many entries were purged (with a database: the rows deleted).
+    pub async fn purge(&self, tenant: &str) -> Result<usize, PurgeError> {
+        let local = self.purge_local(tenant);
+        let Some(persistence) = self.persistence.get() else { return Ok(local) };
+        let rows = persistence.purge(tenant).await.map_err(PurgeError)?;
+        // Rows read from the table between the first purge and the delete are dropped too.
+        self.purge_local(tenant);
+        Ok(usize::try_from(rows).unwrap_or(usize::MAX).max(local))
     }
 
     pub fn stats(&self, tenant: &str) -> CacheStats {

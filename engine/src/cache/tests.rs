@@ -159,7 +159,77 @@ async fn purge_and_size_bound() {
     assert_eq!(hit(&cache, "a", &ask(&[], "alpha question")).await, None);
     assert!(hit(&cache, "a", &ask(&[], "gamma question")).await.is_some());
     miss_then_store(&cache, "b", &ask(&[], "alpha question"), "x").await;
-    assert_eq!(cache.purge("a"), 2);
+    assert_eq!(cache.purge("a").await.unwrap(), 2);
     assert_eq!(hit(&cache, "a", &ask(&[], "gamma question")).await, None);
     assert!(hit(&cache, "b", &ask(&[], "alpha question")).await.is_some());
+}
+
+/// A row as the table would return it for `question` asked in `tenant`.
+async fn row(tenant: &str, question: &str, text: &str, space: &str) -> persist::LoadedRow {
+    let key = key::key_for("gpt-4o", &ask(&[], question)).unwrap();
+    let vector = BagOfWords.embed(question.to_owned()).await.unwrap();
+    persist::LoadedRow {
+        id: 1,
+        tenant: tenant.into(),
+        family: key.family,
+        exact: key.exact,
+        scope: key.scope,
+        prompt: key.prompt,
+        embedding: Some(vector),
+        space: Some(space.into()),
+        answer: answer(text),
+        remaining: Duration::from_secs(60),
+        hits: 0,
+    }
+}
+
+#[tokio::test]
+async fn loaded_rows_serve_both_tiers_under_their_own_tenant() {
+    let cache = cache_with(CacheConfig { similarity_threshold: 0.5, ..CacheConfig::default() });
+    let rows = vec![
+        row("a", "Please convert 30 miles to km", "48.28 km", "test:bow").await,
+        // Another model's vector: the entry serves the exact tier only.
+        row("a", "What is the speed of light", "c", "other:model").await,
+    ];
+    assert!(cache.load(rows, cache.generation()));
+    assert_eq!(cache.stats("a").entries, 2);
+    assert_eq!(hit(&cache, "b", &ask(&[], "Please convert 30 miles to km")).await, None);
+    assert_eq!(
+        hit(&cache, "a", &ask(&[], "convert 30 miles to km quickly")).await,
+        Some(CacheStatus::Semantic)
+    );
+    assert_eq!(
+        hit(&cache, "a", &ask(&[], "what is the speed of light")).await,
+        Some(CacheStatus::Exact)
+    );
+    assert_eq!(hit(&cache, "a", &ask(&[], "what is the speed of light please")).await, None);
+    // A key this node holds keeps its own answer.
+    let again = vec![row("a", "What is the speed of light", "other answer", "test:bow").await];
+    assert!(cache.load(again, cache.generation()));
+    match cache.lookup("a", "gpt-4o", &ask(&[], "What is the speed of light"), CacheMode::Use).await
+    {
+        Lookup::Hit { answer, .. } => assert_eq!(answer.text, "c"),
+        _ => panic!("expected a hit"),
+    }
+}
+
+#[tokio::test]
+async fn a_page_read_before_a_purge_is_not_loaded_after_it() {
+    let cache = cache_with(CacheConfig::default());
+    let generation = cache.generation();
+    // The page was read, then the tenant purged, then the page arrives.
+    assert_eq!(cache.purge("a").await.unwrap(), 0);
+    let stale = vec![row("a", "What is Rust?", "A language.", "test:bow").await];
+    assert!(!cache.load(stale, generation));
+    assert_eq!(cache.stats("a").entries, 0);
+    assert_eq!(hit(&cache, "a", &ask(&[], "What is Rust?")).await, None);
+}
+
+#[tokio::test]
+async fn expired_rows_are_not_loaded() {
+    let cache = cache_with(CacheConfig::default());
+    let mut expired = row("a", "What is Rust?", "A language.", "test:bow").await;
+    expired.remaining = Duration::ZERO;
+    assert!(cache.load(vec![expired], cache.generation()));
+    assert_eq!(cache.stats("a").entries, 0);
 }
