@@ -9,6 +9,7 @@ mod accounts_pg;
 mod app;
 mod auth;
 mod cache;
+mod cache_pg;
 mod cluster;
 mod compat;
 mod costs;
