@@ -104,6 +104,10 @@ impl Tree {
             StoreBackend::Postgres(pg) => Some(pg.pool()),
             StoreBackend::Memory(_) => None,
         };
+        if let (Some(cache), Some(pool)) = (&cache, &pool) {
+            // Entries persist in PostgreSQL; this node's maps are rebuilt in the background.
+            cache.persist(pool.clone());
+        }
         let costs = Costs::new(config, provider_tree.router.clone(), pool);
         costs.start();
         let runner: Arc<dyn TurnRunner> = Arc::new(MeteredRunner::new(cached, costs.clone()));
