@@ -236,6 +236,16 @@ impl BenchConfig {
         }
         Ok(config)
     }
+
+    /// The cheapest priced model of `tier`, ranked as the engine ranks them: input and
+    /// output price at a 3:1 token mix.
+    pub fn cheapest(&self, tier: Tier) -> Option<(&str, Price)> {
+        self.tiers
+            .iter()
+            .filter(|(_, t)| **t == tier)
+            .filter_map(|(m, _)| self.prices.get(m).map(|p| (m.as_str(), *p)))
+            .min_by_key(|(_, p)| 3 * p.input_micros_per_mtok + p.output_micros_per_mtok)
+    }
 }
 
 /// What one turn of one run came to.
@@ -258,6 +268,8 @@ pub struct Turn {
     pub output_tokens: u64,
     pub cache: Option<String>,
     pub error: Option<String>,
+    /// Statuses of refused attempts that were retried (see [`RETRIED_STATUSES`]).
+    pub retried: Vec<u16>,
 }
 
 /// One run's totals.
@@ -276,6 +288,8 @@ pub struct RunSummary {
     pub models: BTreeMap<String, usize>,
     pub tiers: BTreeMap<String, usize>,
     pub cache_hits: usize,
+    /// Refused attempts that were retried, by HTTP status.
+    pub retried: BTreeMap<u16, usize>,
     pub elapsed_secs: f64,
 }
 
@@ -289,6 +303,9 @@ impl RunSummary {
         };
         let mut engine_cost = 0u64;
         for t in turns {
+            for status in &t.retried {
+                *s.retried.entry(*status).or_default() += 1;
+            }
             if let Some(code) = &t.error {
                 s.errors += 1;
                 *s.error_codes.entry(code.clone()).or_default() += 1;
@@ -365,6 +382,11 @@ pub struct CostReport {
     pub reduction_percent: Option<f64>,
     /// From the harness's own estimate.
     pub estimated_reduction_percent: f64,
+    /// The premium run's usage priced at the cheapest model of each turn's *labelled* tier:
+    /// what routing exactly by the labels would cost, the bound for a scorer that never
+    /// under-routes.
+    pub oracle_micros: u64,
+    pub oracle_reduction_percent: f64,
     pub routing: Routing,
     pub routing_training: Routing,
     pub routing_held_out: Routing,
@@ -401,12 +423,13 @@ pub async fn run(args: &CostArgs) -> anyhow::Result<CostReport> {
     let auto_turns = replay(&client, &config, &prompts, &args.auto_model, args).await;
     let auto = RunSummary::of(&args.auto_model, &auto_turns, started.elapsed());
 
-    Ok(CostReport::build(&prompts, premium, auto, premium_turns, auto_turns))
+    Ok(CostReport::build(&prompts, &config, premium, auto, premium_turns, auto_turns))
 }
 
 impl CostReport {
     pub fn build(
         prompts: &[Prompt],
+        config: &BenchConfig,
         premium: RunSummary,
         auto: RunSummary,
         premium_turns: Vec<Turn>,
@@ -425,6 +448,15 @@ impl CostReport {
         };
         let estimated_reduction_percent =
             reduction(premium.estimated_micros, auto.estimated_micros);
+        let oracle_micros = premium_turns
+            .iter()
+            .filter(|t| t.error.is_none())
+            .filter_map(|t| {
+                let (_, price) = config.cheapest(t.label?)?;
+                Some(price.cost_micros(t.input_tokens, t.output_tokens))
+            })
+            .sum();
+        let oracle_reduction_percent = reduction(premium.estimated_micros, oracle_micros);
         let routing = Routing::of(auto_turns.iter());
         let routing_training =
             Routing::of(auto_turns.iter().enumerate().filter(|(i, _)| i % 5 != 4).map(|x| x.1));
@@ -440,6 +472,8 @@ impl CostReport {
             auto,
             reduction_percent,
             estimated_reduction_percent,
+            oracle_micros,
+            oracle_reduction_percent,
             routing,
             routing_training,
             routing_held_out,
@@ -489,8 +523,14 @@ impl CostReport {
         }
         let _ = writeln!(
             out,
-            "Reduction (estimate, usage × list prices): {:.1}%\n",
+            "Reduction (estimate, usage × list prices): {:.1}%",
             self.estimated_reduction_percent
+        );
+        let _ = writeln!(
+            out,
+            "Bound: routing exactly by the labels would cost {} ({:.1}% less than premium).\n",
+            dollars(self.oracle_micros),
+            self.oracle_reduction_percent
         );
         let tiers: Vec<String> = self.auto.tiers.iter().map(|(t, n)| format!("{t} {n}")).collect();
         let models: Vec<String> =
@@ -531,6 +571,12 @@ impl CostReport {
                 let codes: Vec<String> =
                     run.error_codes.iter().map(|(c, n)| format!("{c} ×{n}")).collect();
                 let _ = writeln!(out, "\nErrors in the {name} run: {}", codes.join(", "));
+            }
+            if !run.retried.is_empty() {
+                let codes: Vec<String> =
+                    run.retried.iter().map(|(c, n)| format!("HTTP {c} ×{n}")).collect();
+                let _ =
+                    writeln!(out, "\nRefused and retried in the {name} run: {}", codes.join(", "));
             }
             if run.cache_hits > 0 {
                 let _ = writeln!(out, "\nCache hits in the {name} run: {}", run.cache_hits);
@@ -601,14 +647,31 @@ fn route_tier(route: &str) -> Option<Tier> {
     route.split(';').find_map(|part| part.trim().strip_prefix("tier=")).and_then(Tier::parse)
 }
 
+/// Refusals that happen before the engine calls a model (so a retry cannot double-bill):
+/// retried up to [`RETRIES`] times, and counted in the report.
+const RETRIED_STATUSES: [u16; 2] = [401, 429];
+const RETRIES: u32 = 2;
+
 async fn send(client: &Client, config: &BenchConfig, p: &Prompt, model: &str) -> Turn {
     let mut turn = turn_of(p);
-    let response = match client.post("/v1/chat/completions").json(&p.body(model)).send().await {
-        Ok(r) => r,
-        Err(_) => {
-            turn.error = Some("request_failed".into());
-            return turn;
+    let body = p.body(model);
+    let mut attempt = 0;
+    let response = loop {
+        let response = match client.post("/v1/chat/completions").json(&body).send().await {
+            Ok(r) => r,
+            Err(_) => {
+                turn.error = Some("request_failed".into());
+                return turn;
+            }
+        };
+        let status = response.status().as_u16();
+        if attempt < RETRIES && RETRIED_STATUSES.contains(&status) {
+            attempt += 1;
+            turn.retried.push(status);
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            continue;
         }
+        break response;
     };
     let status = response.status();
     turn.route = header(&response, "x-switchyard-route");
@@ -739,20 +802,29 @@ mod tests {
         assert_eq!(route_tier("explicit"), None);
     }
 
-    fn turn(id: &str, label: Tier, tier: Tier, est: u64) -> Turn {
+    /// A turn of 1,000 input and 1,000 output tokens, priced at `tier`'s model.
+    fn turn(id: &str, label: Tier, tier: Tier) -> Turn {
+        let config = BenchConfig::parse(CONFIG).unwrap();
+        let (model, price) = match tier {
+            Tier::Premium => config.cheapest(Tier::Premium).unwrap(),
+            _ => config.cheapest(Tier::Economy).unwrap(),
+        };
+        let cost = price.cost_micros(1000, 1000);
         Turn {
             id: id.into(),
             label: Some(label),
             tier: Some(tier),
-            estimated_micros: Some(est),
-            cost_micros: Some(est),
-            model: Some("m".into()),
+            input_tokens: 1000,
+            output_tokens: 1000,
+            estimated_micros: Some(cost),
+            cost_micros: Some(cost),
+            model: Some(model.into()),
             ..Turn::default()
         }
     }
 
     #[test]
-    fn the_report_computes_reduction_and_under_routing() {
+    fn the_report_computes_reduction_bound_and_under_routing() {
         let prompts: Vec<Prompt> = (0..5)
             .map(|i| Prompt {
                 id: format!("p{i}"),
@@ -764,26 +836,33 @@ mod tests {
                 max_tokens: None,
             })
             .collect();
-        let base: Vec<Turn> =
-            prompts.iter().map(|p| turn(&p.id, p.tier, Tier::Premium, 100)).collect();
+        let base: Vec<Turn> = prompts.iter().map(|p| turn(&p.id, p.tier, Tier::Premium)).collect();
+        // Everything went to economy, the premium prompt too: under-routed.
         let mut auto: Vec<Turn> =
-            prompts.iter().map(|p| turn(&p.id, p.tier, Tier::Economy, 5)).collect();
-        // The premium prompt went to economy: under-routed.
-        auto[0].estimated_micros = Some(5);
+            prompts.iter().map(|p| turn(&p.id, p.tier, Tier::Economy)).collect();
+        auto[1].retried = vec![401];
+        let config = BenchConfig::parse(CONFIG).unwrap();
         let premium = RunSummary::of("gpt-4o", &base, Duration::ZERO);
         let routed = RunSummary::of("auto", &auto, Duration::ZERO);
-        let report = CostReport::build(&prompts, premium, routed, base, auto);
-        assert_eq!(report.premium.cost_micros, Some(500));
-        assert_eq!(report.auto.cost_micros, Some(25));
-        assert!((report.reduction_percent.unwrap() - 95.0).abs() < 1e-9);
+        let report = CostReport::build(&prompts, &config, premium, routed, base, auto);
+        // gpt-4o: 1000 × 2.5 + 1000 × 10 = 12,500 µ$ a turn; gpt-4o-mini: 750.
+        assert_eq!(report.premium.cost_micros, Some(62_500));
+        assert_eq!(report.auto.cost_micros, Some(3_750));
+        assert!((report.reduction_percent.unwrap() - 94.0).abs() < 1e-9);
+        // By the labels: one premium turn and four economy ones.
+        assert_eq!(report.oracle_micros, 12_500 + 4 * 750);
+        assert!((report.oracle_reduction_percent - 75.2).abs() < 1e-9);
         assert_eq!(report.routing.premium_labelled, 1);
         assert_eq!(report.routing.under_routed, 1);
         assert_eq!(report.routing.under_routed_ids, ["p0"]);
+        assert_eq!(report.auto.retried.get(&401), Some(&1));
         assert!(report.meets_reduction_target);
         assert!(!report.meets_under_routing_target);
         assert_eq!(report.routing_held_out.turns, 1);
         let md = report.markdown();
-        assert!(md.contains("95.0%"), "{md}");
+        assert!(md.contains("94.0%"), "{md}");
+        assert!(md.contains("75.2%"), "{md}");
         assert!(md.contains("NOT met"), "{md}");
+        assert!(md.contains("HTTP 401 ×1"), "{md}");
     }
 }
