@@ -41,6 +41,19 @@ impl Tree {
     fn entry(&self, model: &str) -> actors::registry::ActorSnapshot {
         self.registry.get(&format!("provider:{model}")).unwrap().snapshot()
     }
+
+    /// The provider's snapshot once it reaches `state` (or after 2 s): restarts happen after
+    /// a backoff, and a loaded machine may take longer than the backoff to run them.
+    async fn wait_for(&self, model: &str, state: ActorState) -> actors::registry::ActorSnapshot {
+        for _ in 0..200 {
+            let snap = self.entry(model);
+            if snap.state == state {
+                return snap;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.entry(model)
+    }
 }
 
 /// A config with quick timings; `chains` gives each model's fallbacks.
@@ -231,13 +244,12 @@ async fn operator_drills_restart_budget_and_manual_restart() {
 
     assert_eq!(op.fail("nope").await, Err(OperatorError::UnknownProvider("nope".into())));
     op.fail("p").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(tree.entry("p").state, ActorState::Running, "within budget: back after backoff");
+    let snap = tree.wait_for("p", ActorState::Running).await;
+    assert_eq!(snap.state, ActorState::Running, "within budget: back after backoff");
     op.fail("provider:p").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tree.wait_for("p", ActorState::Running).await;
     op.fail("p").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let snap = tree.entry("p");
+    let snap = tree.wait_for("p", ActorState::Failed).await;
     assert_eq!(snap.restarts, 3);
     assert_eq!(snap.state, ActorState::Failed, "third restart within the window exceeds 2");
 
@@ -249,8 +261,7 @@ async fn operator_drills_restart_budget_and_manual_restart() {
     assert_eq!(p.calls(), 0);
 
     op.restart("p").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(tree.entry("p").state, ActorState::Running);
+    assert_eq!(tree.wait_for("p", ActorState::Running).await.state, ActorState::Running);
     let (_, end) = collect(tree.runner().run_turn(turn("p", "y"))).await;
     assert_eq!(end.unwrap().model, "p");
 }
