@@ -325,6 +325,26 @@ async fn a_budget_refuses_at_its_limit_or_downgrades() {
     assert_eq!(header(&downgraded, "x-switchyard-model").as_deref(), Some("cheap"));
     assert!(header(&downgraded, "x-switchyard-route").unwrap().starts_with("budget_downgrade"));
 
+    // Metrics: the spend by tenant and model, and the refusal and downgrade as budget events
+    // (at least: tests sharing this process add to the same tenant's series).
+    let page = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let sample = |name: &str, labels: &[&str]| -> f64 {
+        page.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| labels.iter().all(|label| l.contains(label)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let cost = sample("switchyard_cost_micros_total", &["tenant=\"default\"", "model=\"primary\""]);
+    assert!(cost >= spent as f64, "cost series {cost} < {spent}");
+    for kind in ["blocked", "exceeded", "downgraded"] {
+        let events = sample(
+            "switchyard_budget_events_total",
+            &["tenant=\"default\"", &format!("kind=\"{kind}\"")],
+        );
+        assert!(events >= 1.0, "budget event {kind}: {events}");
+    }
+
     // Bad budgets are refused; removing the budget lifts the limit.
     for bad in [
         json!({"monthly_limit_micros": 5, "soft_percent": 0}),
