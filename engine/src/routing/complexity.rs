@@ -26,8 +26,9 @@
 //! test at the bottom of this file re-checks them, and `docs/routing.md` explains the choices.
 //!
 //! Cost: one lowercase copy of at most [`SCAN_BYTES`] of the message and a single pass over
-//! its words (a `match` per word), so a turn costs a few microseconds whatever its size
-//! (`cargo bench -p engine --bench complexity`). No model call, no allocation per word.
+//! its words (a hash lookup per word in `LEXICON`; a phrase is searched for only when
+//! its first word occurred), so a turn costs a few microseconds whatever its size (`cargo
+//! bench -p engine --bench complexity`). No model call, no allocation per word.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
