@@ -384,8 +384,8 @@ impl Ring {
     }
 }
 
-/// Entries of the verified-token cache by default. An entry is ~300 bytes (claims, key,
-/// index), so a full cache is ~30 MB; only valid tokens get in, so it fills only with real
+/// Entries of the verified-token cache by default. An entry is ~350 bytes (claims, key,
+/// index), so a full cache is ~35 MB; only valid tokens get in, so it fills only with real
 /// sessions.
 pub const DEFAULT_CACHE_ENTRIES: usize = 100_000;
 
