@@ -38,8 +38,8 @@ cargo fuzz --version
 # fuzzed with exactly the dependency versions it ships with (cargo adds libfuzzer-sys & co.).
 cp Cargo.lock fuzz/Cargo.lock
 
-# Same flags for build and run, or `run` rebuilds. 16 codegen units: a much faster cold build
-# of the engine's dependency tree on two cores, for a little fuzzing speed.
+# 16 codegen units (cargo-fuzz defaults to one): a faster build of the engine's dependency
+# tree on two cores, for a little fuzzing speed.
 flags=(--sanitizer "$FUZZ_SANITIZER" --codegen-units 16 --target-dir "$FUZZ_TARGET_DIR")
 
 targets="${FUZZ_TARGETS:-$(cargo fuzz list)}"
@@ -48,15 +48,22 @@ build_started=$(date +%s)
 cargo fuzz build "${flags[@]}"
 echo "built in $(( $(date +%s) - build_started )) s"
 
+# Run the binaries just built rather than `cargo fuzz run`, which would check (and maybe
+# redo) the build before every target.
+triple=$(rustc -vV | sed -n 's/^host: //p')
+bin_dir="$FUZZ_TARGET_DIR/$triple/release"
+
 failed=()
 for target in $targets; do
   section "fuzz $target for ${FUZZ_SECONDS} s"
   corpus="fuzz/corpus/$target"
   [ -d "$corpus" ] || { echo "FATAL: no committed corpus at $corpus"; exit 1; }
+  artifacts="fuzz/artifacts/$target"
+  mkdir -p "$artifacts"
   scratch=$(mktemp -d)
   # -timeout: one input running 10 s is a hang; -rss_limit_mb: a bounded memory footprint.
   rc=0
-  cargo fuzz run "${flags[@]}" "$target" "$scratch" "$corpus" -- \
+  "$bin_dir/$target" "$scratch" "$corpus" -artifact_prefix="$artifacts/" \
     -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     >"$scratch.log" 2>&1 || rc=$?
   grep -E '^#[0-9]+ +(INITED|DONE)|^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' \
@@ -72,7 +79,8 @@ done
 section "summary"
 echo "fuzz.sh took $(( $(date +%s) - started )) s"
 if [ ${#failed[@]} -gt 0 ]; then
-  echo "FAILED: ${failed[*]} (reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run <target> fuzz/artifacts/<target>/<file>)"
+  echo "FAILED: ${failed[*]}; the inputs are in fuzz/artifacts/<target>/"
+  echo "reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run <target> fuzz/artifacts/<target>/<file>"
   exit 1
 fi
 echo "every target ran ${FUZZ_SECONDS} s without a crash"
