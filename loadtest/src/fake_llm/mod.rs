@@ -9,6 +9,7 @@
 //! | `POST /v1/embeddings` | OpenAI embeddings: hashed bag of words, unit length (`embeddings.rs`) |
 //! | `POST /v1/messages` | Anthropic Messages, streaming or not (`anthropic.rs`) |
 //! | `GET /_fake/stats` | [`Stats`] as JSON, for tests |
+//! | `POST`/`GET /_fake/scenario` | change / show the defaults at runtime, for drills (`control.rs`) |
 //! | `GET /health` | 200 |
 //!
 //! Behaviour per request comes from a [`Scenario`]: the server's defaults, overridden by the
@@ -26,6 +27,7 @@
 //! test runtime can call it; the `fake-llm` binary uses [`serve`] on a listener it bound.
 
 mod anthropic;
+mod control;
 mod embeddings;
 mod openai;
 mod realistic;
@@ -116,14 +118,18 @@ struct Recorded {
 
 /// State shared by every worker of one server.
 pub(crate) struct Shared {
-    defaults: Scenario,
+    defaults: control::Defaults,
     pub(crate) counters: Arc<Counters>,
     last: Mutex<Option<Recorded>>,
 }
 
 impl Shared {
     fn new(defaults: Scenario) -> Self {
-        Shared { defaults, counters: Arc::new(Counters::default()), last: Mutex::new(None) }
+        Shared {
+            defaults: control::Defaults::new(defaults),
+            counters: Arc::new(Counters::default()),
+            last: Mutex::new(None),
+        }
     }
 
     /// Counts and records an API request; returns its sequence number (for `fail_rate`).
@@ -147,12 +153,12 @@ impl Shared {
     /// The scenario for this request: defaults plus the `x-fake-llm` header.
     pub(crate) fn scenario(&self, req: &HttpRequest) -> Result<Scenario, String> {
         match req.headers().get(SCENARIO_HEADER) {
-            None => Ok(self.defaults.clone()),
+            None => Ok(self.defaults.get()),
             Some(v) => {
                 let v = v
                     .to_str()
                     .map_err(|_| format!("the {SCENARIO_HEADER} header is not valid ASCII"))?;
-                Scenario::parse_header(&self.defaults, v)
+                Scenario::parse_header(&self.defaults.get(), v)
             }
         }
     }
@@ -250,6 +256,8 @@ fn build(
             .route("/v1/embeddings", web::post().to(embeddings::embeddings))
             .route("/v1/messages", web::post().to(anthropic::messages))
             .route("/_fake/stats", web::get().to(stats))
+            .route("/_fake/scenario", web::post().to(control::set_scenario))
+            .route("/_fake/scenario", web::get().to(control::get_scenario))
             .route("/health", web::get().to(health))
     })
     // Nagle adds tens of milliseconds to small SSE frames.
