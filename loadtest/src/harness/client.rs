@@ -9,9 +9,16 @@ use super::scenario::Scenario;
 #[derive(Clone)]
 pub struct Client {
     pub http: reqwest::Client,
+    /// REST calls go here: the first of the targets.
     pub base: String,
+    /// Every node given (`--target http://a,http://b`): WebSocket clients spread over them
+    /// and move to the next one when theirs goes away.
+    pub targets: Vec<String>,
     /// Access token, when the engine requires one.
     pub token: Option<String>,
+    /// The token for each target: nodes that keep accounts in memory (no shared account
+    /// store) each issue their own, so the harness logs in on every target.
+    pub tokens: Vec<Option<String>>,
     pub model: Option<String>,
 }
 
@@ -30,14 +37,25 @@ impl Client {
             .password
             .clone()
             .or_else(|| std::env::var("SWITCHYARD_BOOTSTRAP_PASSWORD").ok());
-        let token = match (&scenario.token, email, password) {
-            (Some(token), _, _) => Some(token.clone()),
-            (None, Some(email), Some(password)) => {
-                Some(login(&http, &scenario.target, &email, &password).await?)
-            }
-            _ => None,
-        };
-        Ok(Client { http, base: scenario.target.clone(), token, model: scenario.model.clone() })
+        let targets: Vec<String> = scenario
+            .target
+            .split(',')
+            .map(|t| t.trim().trim_end_matches('/').to_owned())
+            .filter(|t| !t.is_empty())
+            .collect();
+        let base = targets.first().cloned().context("no target given")?;
+        let mut tokens = Vec::with_capacity(targets.len());
+        for target in &targets {
+            tokens.push(match (&scenario.token, &email, &password) {
+                (Some(token), _, _) => Some(token.clone()),
+                (None, Some(email), Some(password)) => {
+                    Some(login(&http, target, email, password).await?)
+                }
+                _ => None,
+            });
+        }
+        let token = tokens.first().cloned().flatten();
+        Ok(Client { http, base, targets, token, tokens, model: scenario.model.clone() })
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
@@ -63,9 +81,20 @@ impl Client {
         json["id"].as_str().map(str::to_owned).context("no conversation id in the response")
     }
 
-    /// `ws://…/ws/{id}` for the target.
+    /// `ws://…/ws/{id}` for the first target.
     pub fn ws_url(&self, conversation_id: &str) -> String {
-        let base = self.base.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
+        self.ws_url_on(0, conversation_id)
+    }
+
+    /// The token to present on target `index` (modulo the number of targets).
+    pub fn token_on(&self, index: usize) -> Option<&str> {
+        self.tokens.get(index % self.tokens.len().max(1)).and_then(|t| t.as_deref())
+    }
+
+    /// `ws://…/ws/{id}` on target `index` (modulo the number of targets).
+    pub fn ws_url_on(&self, index: usize, conversation_id: &str) -> String {
+        let target = &self.targets[index % self.targets.len().max(1)];
+        let base = target.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
         format!("{base}/ws/{conversation_id}")
     }
 }

@@ -71,6 +71,12 @@ pub struct Report {
     pub lost_events: u64,
     pub duplicated_events: u64,
     pub reconnects: u64,
+    /// `resume`s sent on a live socket after a seq hole or a silent turn.
+    pub gap_resumes: u64,
+    /// Acknowledged messages that never got a terminal event: must be zero.
+    pub acked_without_terminal: u64,
+    /// Messages that got a second terminal event: must be zero.
+    pub duplicate_terminals: u64,
     pub failovers: u64,
     pub cache_hits: u64,
     pub ack: Percentiles,
@@ -120,6 +126,9 @@ impl Report {
             lost_events: stats.lost_events,
             duplicated_events: stats.duplicated_events,
             reconnects: stats.reconnects,
+            gap_resumes: stats.gap_resumes,
+            acked_without_terminal: stats.acked_without_terminal,
+            duplicate_terminals: stats.duplicate_terminals,
             failovers: stats.failovers,
             cache_hits: stats.cache_hits,
             ack: Percentiles::of(&stats.ack),
@@ -170,6 +179,13 @@ impl Report {
             self.failovers,
             self.cache_hits
         );
+        if self.gap_resumes + self.acked_without_terminal + self.duplicate_terminals > 0 {
+            let _ = writeln!(
+                out,
+                "gap resumes {}   acked without terminal {}   duplicate terminals {}",
+                self.gap_resumes, self.acked_without_terminal, self.duplicate_terminals
+            );
+        }
         let _ = writeln!(
             out,
             "{:<12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",

@@ -2,7 +2,7 @@
 //! per-second time series, behind one lock taken once per turn (not per token), plus lock-free
 //! counters for the progress line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -41,6 +41,13 @@ pub struct Stats {
     pub connections_held: u64,
     /// Times a client was dropped by the server mid-run and reconnected with `resume`.
     pub reconnects: u64,
+    /// Times a client saw a seq hole and sent `resume` on the same socket.
+    pub gap_resumes: u64,
+    /// Acknowledged messages that got no terminal event (`done`/`error`/`interrupted`) in
+    /// time: must be zero.
+    pub acked_without_terminal: u64,
+    /// A second terminal event for a message that already had one: must be zero.
+    pub duplicate_terminals: u64,
     /// Second of the run → turns finished in it and their time to first token.
     pub timeline: BTreeMap<u64, Bucket>,
 }
@@ -67,6 +74,9 @@ impl Default for Stats {
             duplicated_events: 0,
             connections_held: 0,
             reconnects: 0,
+            gap_resumes: 0,
+            acked_without_terminal: 0,
+            duplicate_terminals: 0,
             timeline: BTreeMap::new(),
         }
     }
@@ -144,6 +154,9 @@ impl Stats {
         self.duplicated_events += other.duplicated_events;
         self.connections_held = self.connections_held.max(other.connections_held);
         self.reconnects += other.reconnects;
+        self.gap_resumes += other.gap_resumes;
+        self.acked_without_terminal += other.acked_without_terminal;
+        self.duplicate_terminals += other.duplicate_terminals;
         for (second, bucket) in other.timeline {
             let mine = self.timeline.entry(second).or_insert_with(|| Bucket {
                 turns: 0,
@@ -161,33 +174,109 @@ impl Stats {
     }
 }
 
-/// Checks one conversation's sequence numbers as events arrive.
+/// Checks one conversation's sequence numbers as events arrive, as a careful client would:
+/// a hole (a seq skipped) is remembered, and the client `resume`s from below it
+/// ([`SeqCheck::needs_resume`]); frames the replay hands back again are not duplicates, and a
+/// hole the replay fills is not lost. `lost` is what is still missing, `duplicated` what came
+/// twice outside a replay.
 #[derive(Debug, Default)]
 pub struct SeqCheck {
-    last: Option<u64>,
+    /// Every seq up to here was seen (`None`: nothing yet).
+    floor: Option<u64>,
+    /// Seqs seen above a hole (`> floor + 1`).
+    above: BTreeSet<u64>,
+    max: Option<u64>,
+    resync: Resync,
+    /// The floor a `resume` was last sent for: one resume per hole.
+    resumed_from: Option<u64>,
+    /// Holes given up on (the set above grew too large), already counted in `lost`.
+    written_off: u64,
     pub lost: u64,
     pub duplicated: u64,
 }
 
+/// Where a `resume` stands: frames sent before it was served, then the replay, then live.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Resync {
+    #[default]
+    Off,
+    /// Resume sent; the replay starts at the first frame already seen or filling the hole.
+    Waiting,
+    /// Replaying: frames already seen are expected; the first one past `max` ends it.
+    Replaying,
+}
+
+/// Seqs kept above a hole before it is written off as lost (a crash hole never fills).
+const MAX_ABOVE: usize = 4096;
+
 impl SeqCheck {
     /// Starts from a known position (after a `resume`).
     pub fn starting_after(seq: u64) -> Self {
-        Self { last: Some(seq), lost: 0, duplicated: 0 }
+        Self { floor: Some(seq), ..Self::default() }
     }
 
-    pub fn observe(&mut self, seq: u64) {
-        match self.last {
-            Some(last) if seq <= last => self.duplicated += 1,
-            Some(last) => {
-                self.lost += seq - last - 1;
-                self.last = Some(seq);
+    /// Feeds one seq; `false` when it was already seen (a replay or a duplicate), so the
+    /// caller does not count its event twice.
+    pub fn observe(&mut self, seq: u64) -> bool {
+        let seen = self.floor.is_some_and(|f| seq <= f) || self.above.contains(&seq);
+        match self.resync {
+            Resync::Waiting if seen || self.floor.is_some_and(|f| seq == f + 1) => {
+                self.resync = Resync::Replaying;
             }
-            None => self.last = Some(seq),
+            Resync::Replaying if self.max.is_some_and(|m| seq > m) => self.resync = Resync::Off,
+            _ => {}
+        }
+        if seen {
+            if self.resync == Resync::Off {
+                self.duplicated += 1;
+            }
+            return false;
+        }
+        self.max = Some(self.max.map_or(seq, |m| m.max(seq)));
+        match self.floor {
+            None => self.floor = Some(seq),
+            Some(f) if seq == f + 1 => {
+                let mut f = seq;
+                while self.above.remove(&(f + 1)) {
+                    f += 1;
+                }
+                self.floor = Some(f);
+            }
+            Some(_) => {
+                self.above.insert(seq);
+                if self.above.len() > MAX_ABOVE {
+                    self.written_off += self.holes();
+                    self.above.clear();
+                    self.floor = self.max;
+                }
+            }
+        }
+        self.lost = self.written_off + self.holes();
+        true
+    }
+
+    /// Seqs missing between the floor and the highest seen.
+    fn holes(&self) -> u64 {
+        match (self.floor, self.max) {
+            (Some(f), Some(m)) => (m - f) - self.above.len() as u64,
+            _ => 0,
         }
     }
 
+    /// The seq to resume after: the last one below which nothing is missing.
     pub fn last(&self) -> Option<u64> {
-        self.last
+        self.floor
+    }
+
+    /// A hole is open that no resume has been sent for yet.
+    pub fn needs_resume(&self) -> bool {
+        self.resync == Resync::Off && !self.above.is_empty() && self.resumed_from != self.floor
+    }
+
+    /// Call when a `resume` after [`SeqCheck::last`] was sent (on a new or the same socket).
+    pub fn resumed(&mut self) {
+        self.resumed_from = self.floor;
+        self.resync = Resync::Waiting;
     }
 }
 
@@ -264,11 +353,46 @@ mod tests {
     #[test]
     fn seq_check_counts_gaps_and_repeats() {
         let mut check = SeqCheck::default();
-        for seq in [1, 2, 3, 3, 6, 7, 5] {
+        for seq in [1, 2, 3, 3, 6, 7, 5, 7] {
             check.observe(seq);
         }
-        assert_eq!((check.lost, check.duplicated), (2, 2));
-        assert_eq!(check.last(), Some(7));
+        // 4 never came; 5 came late (not lost); 3 and 7 came twice.
+        assert_eq!((check.lost, check.duplicated), (1, 2));
+        assert_eq!(check.last(), Some(3));
+    }
+
+    #[test]
+    fn a_resume_fills_a_hole_and_its_replay_is_not_duplicated() {
+        let mut check = SeqCheck::default();
+        for seq in [1, 2, 5, 6] {
+            check.observe(seq);
+        }
+        assert_eq!((check.lost, check.last()), (2, Some(2)));
+        assert!(check.needs_resume());
+        check.resumed();
+        assert!(!check.needs_resume());
+        // A frame sent before the resume was served, then the replay from 3, then live.
+        for seq in [7, 3, 4, 5, 6, 7, 8] {
+            check.observe(seq);
+        }
+        assert_eq!((check.lost, check.duplicated, check.last()), (0, 0, Some(8)));
+        assert!(check.observe(9));
+        assert!(!check.observe(9));
+        assert_eq!(check.duplicated, 1);
+    }
+
+    #[test]
+    fn a_hole_the_replay_cannot_fill_stays_lost_and_is_resumed_once() {
+        let mut check = SeqCheck::default();
+        for seq in [1, 2, 5] {
+            check.observe(seq);
+        }
+        check.resumed();
+        for seq in [5, 6, 7] {
+            check.observe(seq);
+        }
+        assert_eq!((check.lost, check.duplicated), (2, 0));
+        assert!(!check.needs_resume(), "one resume per hole");
     }
 
     #[test]

@@ -4,7 +4,14 @@
 //! idles (answering pings, as a browser tab would) or chats: send a message, measure the
 //! reply, think, repeat. A connection the server closes mid-run reconnects and `resume`s from
 //! its last seq, as a real client does, so a reconnect shows up as a reconnect, and a lost or
-//! repeated event as exactly that.
+//! repeated event as exactly that. Given several targets (`--target http://a,http://b`),
+//! connections spread over them and a reconnect tries the next one, so a node can die under
+//! load (the chaos drills, `loadtest/chaos/`).
+//!
+//! Each turn is matched to its message (the `ack` echoing its `client_id`, then the terminal
+//! event replying to that message), so a turn that was acknowledged and never ended is counted
+//! as `acked_without_terminal`, and a second terminal event as `duplicate_terminals`: both
+//! must stay zero. A seq hole makes the client `resume` from below it on the same socket.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::client::{self, Client};
 use super::scenario::Scenario;
 use super::stats::{Progress, Recorder, SeqCheck, Stats};
-use super::tracker::{Frame, Progress as TurnProgress, TurnTracker};
+use super::tracker::{Frame, Ledger, Progress as TurnProgress, TurnTracker};
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -72,18 +79,33 @@ struct Connection {
     end: Instant,
 }
 
+/// How long a client that reconnected mid-turn waits for the replayed `ack` of its message
+/// before concluding the message never reached the store (and moving on).
+const ACK_AFTER_RECONNECT: Duration = Duration::from_secs(5);
+
+/// A turn silent this long gets a `resume` on its socket, as a client with a watchdog would.
+const STALL_RESUME: Duration = Duration::from_secs(10);
+
+/// Backoff between reconnect attempts: doubling from the first to the last.
+const RECONNECT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(50), Duration::from_millis(1000));
+
 impl Connection {
     async fn run(self) {
         let conversation = match self.client.create_conversation().await {
             Ok(id) => id,
             Err(_) => return self.fail("setup_failed"),
         };
-        let Some(mut socket) = self.connect(&conversation, None).await else { return };
+        // Spread over the targets; a reconnect moves on to the next one.
+        let mut target = self.index;
+        let Some(mut socket) = self.connect(&conversation, None, &mut target).await else {
+            return;
+        };
         self.progress.connected();
         if self.chatty {
-            socket = self.chat(socket, &conversation).await.unwrap_or_else(|s| s);
+            socket = self.chat(socket, &conversation, &mut target).await.unwrap_or_else(|s| s);
         } else {
-            self.idle(&mut socket).await;
+            self.idle(&mut socket, &conversation, &mut target).await;
         }
         let _ = socket.close(None).await;
         self.progress.disconnected();
@@ -94,41 +116,62 @@ impl Connection {
         self.progress.turn(false);
     }
 
-    async fn connect(&self, conversation: &str, resume_after: Option<u64>) -> Option<Socket> {
-        let url = self.client.ws_url(conversation);
-        let mut socket = match tokio_tungstenite::connect_async(url).await {
-            Ok((socket, _)) => socket,
-            Err(_) => {
+    /// Connects (and resumes after `resume_after`), retrying with backoff and moving to the
+    /// next target after each failure, until the run ends.
+    async fn connect(
+        &self,
+        conversation: &str,
+        resume_after: Option<u64>,
+        target: &mut usize,
+    ) -> Option<Socket> {
+        let mut backoff = RECONNECT_BACKOFF.0;
+        loop {
+            if let Some(socket) = self.try_connect(conversation, resume_after, *target).await {
+                return Some(socket);
+            }
+            *target += 1;
+            if Instant::now() + backoff >= self.end {
                 self.fail("connect_failed");
                 return None;
             }
-        };
-        if let Some(token) = &self.client.token {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
+        }
+    }
+
+    async fn try_connect(
+        &self,
+        conversation: &str,
+        resume_after: Option<u64>,
+        target: usize,
+    ) -> Option<Socket> {
+        let url = self.client.ws_url_on(target, conversation);
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.ok()?;
+        if let Some(token) = self.client.token_on(target) {
             let frame = json!({ "type": "auth", "token": token }).to_string();
-            if socket.send(Message::Text(frame.into())).await.is_err() {
-                self.fail("connect_failed");
-                return None;
-            }
+            socket.send(Message::Text(frame.into())).await.ok()?;
         }
         if let Some(after_seq) = resume_after {
             let frame = json!({ "type": "resume", "after_seq": after_seq }).to_string();
-            if socket.send(Message::Text(frame.into())).await.is_err() {
-                self.fail("connect_failed");
-                return None;
-            }
+            socket.send(Message::Text(frame.into())).await.ok()?;
         }
         Some(socket)
     }
 
-    /// Holds the socket open, reading (so pings are answered) until the run ends.
-    async fn idle(&self, socket: &mut Socket) {
+    /// Holds the socket open, reading (so pings are answered) until the run ends; a socket the
+    /// server drops is reopened, as a browser tab would.
+    async fn idle(&self, socket: &mut Socket, conversation: &str, target: &mut usize) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(self.end.into()) => return,
                 message = socket.next() => match message {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        self.fail("closed_by_server");
-                        return;
+                        self.recorder.with(|s| s.reconnects += 1);
+                        *target += 1;
+                        match self.connect(conversation, None, target).await {
+                            Some(fresh) => *socket = fresh,
+                            None => return,
+                        }
                     }
                     Some(Ok(_)) => {}
                 }
@@ -137,8 +180,14 @@ impl Connection {
     }
 
     /// Chats until the run ends; returns the socket to close (Err: it was replaced).
-    async fn chat(&self, mut socket: Socket, conversation: &str) -> Result<Socket, Socket> {
+    async fn chat(
+        &self,
+        mut socket: Socket,
+        conversation: &str,
+        target: &mut usize,
+    ) -> Result<Socket, Socket> {
         let mut seq = SeqCheck::default();
+        let mut ledger = Ledger::default();
         let mut turn_number = 0u64;
         while Instant::now() < self.end {
             turn_number += 1;
@@ -147,29 +196,72 @@ impl Connection {
             let frame =
                 json!({ "type": "user_message", "client_id": client_id, "content": content });
             let sent = Instant::now();
-            if socket.send(Message::Text(frame.to_string().into())).await.is_err() {
-                self.fail("send_failed");
-                break;
-            }
             let second = sent.duration_since(self.started).as_secs();
-            let mut turn = TurnTracker::new(sent, second);
-            let deadline = sent + TURN_TIMEOUT;
+            let mut turn = TurnTracker::new(sent, second).for_client_id(&client_id);
+            let mut deadline = sent + TURN_TIMEOUT;
+            let mut dropped_unacked = false;
+            if socket.send(Message::Text(frame.to_string().into())).await.is_err() {
+                // The socket died before the message left: reconnect; nothing was
+                // acknowledged, so the turn counts as refused.
+                self.recorder.with(|s| s.reconnects += 1);
+                *target += 1;
+                let fresh = self.connect(conversation, seq.last(), target).await;
+                self.close_turn(turn, false, true);
+                match fresh {
+                    Some(fresh) => {
+                        socket = fresh;
+                        seq.resumed();
+                        continue;
+                    }
+                    None => {
+                        self.tally(&seq, &ledger);
+                        return Err(socket);
+                    }
+                }
+            }
+            let mut quiet_until = Instant::now() + STALL_RESUME;
             let finished = loop {
-                let message = match tokio::time::timeout_at(deadline.into(), socket.next()).await {
-                    Err(_) => break false,
+                let wake = deadline.min(quiet_until);
+                let message = match tokio::time::timeout_at(wake.into(), socket.next()).await {
+                    Err(_) if Instant::now() >= deadline => break false,
+                    Err(_) => {
+                        // Silence mid-turn (an event lost between nodes?): ask for a replay.
+                        quiet_until = Instant::now() + STALL_RESUME;
+                        let after = seq.last().unwrap_or(0);
+                        let frame = json!({ "type": "resume", "after_seq": after }).to_string();
+                        if socket.send(Message::Text(frame.into())).await.is_ok() {
+                            seq.resumed();
+                            self.recorder.with(|s| s.gap_resumes += 1);
+                        }
+                        continue;
+                    }
                     Ok(message) => message,
                 };
+                quiet_until = Instant::now() + STALL_RESUME;
                 let text = match message {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        // The server dropped us (restart, fell behind): reconnect and resume.
+                        // The server dropped us (restart, crash, fell behind): reconnect
+                        // (to the next node) and resume after the last seq seen without a hole.
                         self.recorder.with(|s| s.reconnects += 1);
-                        match self.connect(conversation, seq.last()).await {
+                        *target += 1;
+                        match self.connect(conversation, seq.last(), target).await {
                             Some(fresh) => {
                                 socket = fresh;
+                                seq.resumed();
+                                if !turn.acked() {
+                                    // Either the replay brings our ack, or the message
+                                    // never got stored.
+                                    dropped_unacked = true;
+                                    deadline = deadline.min(Instant::now() + ACK_AFTER_RECONNECT);
+                                }
                                 continue;
                             }
-                            None => return Err(socket),
+                            None => {
+                                self.close_turn(turn, false, dropped_unacked);
+                                self.tally(&seq, &ledger);
+                                return Err(socket);
+                            }
                         }
                     }
                     Some(Ok(_)) => continue,
@@ -178,24 +270,57 @@ impl Connection {
                     self.recorder.with(|s| s.error("unparseable_frame"));
                     continue;
                 };
-                if turn.observe(&frame, Instant::now(), &mut seq) == TurnProgress::Finished {
+                let progress = turn.observe_in(&frame, Instant::now(), &mut seq, &mut ledger);
+                if progress == TurnProgress::Finished {
                     break true;
                 }
+                if turn.acked() {
+                    deadline = sent + TURN_TIMEOUT;
+                }
+                if seq.needs_resume() {
+                    // A hole: ask for the replay on this socket, as a careful client does.
+                    let after = seq.last().unwrap_or(0);
+                    let frame = json!({ "type": "resume", "after_seq": after }).to_string();
+                    if socket.send(Message::Text(frame.into())).await.is_ok() {
+                        seq.resumed();
+                        self.recorder.with(|s| s.gap_resumes += 1);
+                    }
+                }
             };
-            let sample = if finished { turn.sample } else { turn.timed_out() };
-            let ok = sample.error.is_none();
-            self.recorder.record(sample);
-            self.progress.turn(ok);
-            if !finished {
-                break;
-            }
+            self.close_turn(turn, finished, dropped_unacked);
             let think = Instant::now() + self.scenario.think_time;
             tokio::time::sleep_until(think.min(self.end).into()).await;
         }
+        self.tally(&seq, &ledger);
+        Ok(socket)
+    }
+
+    /// Records a turn: finished, timed out after its ack (a lost terminal event), or dropped
+    /// before any ack by a connection loss (`unacked_on_reconnect`: the message never got in).
+    fn close_turn(&self, turn: TurnTracker, finished: bool, dropped_unacked: bool) {
+        let acked = turn.acked();
+        let sample = match (finished, acked, dropped_unacked) {
+            (true, _, _) => turn.sample,
+            (false, false, true) => {
+                let mut sample = turn.sample;
+                sample.error = Some("unacked_on_reconnect".into());
+                sample
+            }
+            (false, _, _) => turn.timed_out(),
+        };
+        if !finished && acked {
+            self.recorder.with(|s| s.acked_without_terminal += 1);
+        }
+        let ok = sample.error.is_none();
+        self.recorder.record(sample);
+        self.progress.turn(ok);
+    }
+
+    fn tally(&self, seq: &SeqCheck, ledger: &Ledger) {
         self.recorder.with(|s| {
             s.lost_events += seq.lost;
             s.duplicated_events += seq.duplicated;
+            s.duplicate_terminals += ledger.duplicate_terminals;
         });
-        Ok(socket)
     }
 }
