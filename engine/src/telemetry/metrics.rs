@@ -81,6 +81,8 @@ pub const ANOMALY_EVENTS: &str = "switchyard_anomaly_events_total";
 pub const ROUTE_DECISIONS: &str = "switchyard_route_decisions_total";
 // Dependencies.
 pub const STORE_ERRORS: &str = "switchyard_store_errors_total";
+pub const CACHE_PERSIST_DROPPED: &str = "switchyard_cache_persist_dropped_total";
+pub const CACHE_PERSIST_ERRORS: &str = "switchyard_cache_persist_errors_total";
 pub const REDIS_ERRORS: &str = "switchyard_redis_errors_total";
 pub const BUILD_INFO: &str = "switchyard_build_info";
 
@@ -187,6 +189,13 @@ pub const CATALOGUE: &[Def] = &[
         "Models the engine chose for `auto` turns, by scorer tier",
     ),
     def(STORE_ERRORS, Kind::Counter, &["operation"], "Failed operations on the conversation store"),
+    def(
+        CACHE_PERSIST_DROPPED,
+        Kind::Counter,
+        &[],
+        "Cache entries not written to PostgreSQL because the write queue was full",
+    ),
+    def(CACHE_PERSIST_ERRORS, Kind::Counter, &[], "Failed writes of cache entries to PostgreSQL"),
     def(REDIS_ERRORS, Kind::Counter, &["operation"], "Failed Redis operations"),
     def(BUILD_INFO, Kind::Gauge, &["version"], "Always 1; the version label says which build runs"),
 ];
