@@ -748,9 +748,18 @@ fn opens_sentence(text: &str, phrase: &str) -> bool {
     })
 }
 
+/// Words of `text`, counting only the scanned head and tail exactly and the middle of a huge
+/// text at six bytes a word, so that a megabyte costs what [`SCAN_BYTES`] cost.
+fn bounded_word_estimate(text: &str, head: &str, tail: &str) -> u32 {
+    let middle = text.len() - head.len() - tail.len();
+    word_estimate(head)
+        .saturating_add(word_estimate(tail))
+        .saturating_add(u32::try_from(middle / 6).unwrap_or(u32::MAX))
+}
+
 fn read_message(text: &str, s: &mut Signals) {
-    s.words = word_estimate(text);
     let (head, tail) = scanned(text, SCAN_BYTES, TAIL_BYTES);
+    s.words = bounded_word_estimate(text, head, tail);
     let mut lower = head.to_lowercase();
     if !tail.is_empty() {
         lower.push('\n');
@@ -926,8 +935,8 @@ fn context_depth(before: &[ChatMessage]) -> u32 {
 }
 
 fn read_system(system: &str, s: &mut Signals) {
-    s.system_words = word_estimate(system);
     let (head, _) = scanned(system, CONTEXT_BYTES, 0);
+    s.system_words = bounded_word_estimate(system, head, "");
     let lower = head.to_lowercase();
     s.system_expert = ["principal", "senior", "expert", "rigorous", "researcher", "professor"]
         .iter()
