@@ -42,9 +42,9 @@ impl TurnRunner for InstantModel {
             usage: Usage { input_tokens: 1, output_tokens: 1 },
             legs: Vec::new(),
             cache: CacheStatus::Miss,
-        saved_usage: Usage::default(),
-        cost_micros: None,
-        route: None,
+            saved_usage: Usage::default(),
+            cost_micros: None,
+            route: None,
         };
         Box::pin(futures_util::stream::iter([
             Ok(TurnEvent::Delta("ok".into())),

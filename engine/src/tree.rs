@@ -22,9 +22,9 @@ use anyhow::Context;
 use crate::cache::{Cache, CachingRunner};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::conversations::Directory;
 use crate::costs::Costs;
 use crate::costs::meter::MeteredRunner;
-use crate::conversations::Directory;
 use crate::providers;
 use crate::store::{PgConversationStore, StoreBackend};
 

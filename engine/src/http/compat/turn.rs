@@ -302,7 +302,9 @@ pub async fn conversation(
 /// Our turn's terminal event as the last piece.
 fn relay_terminal(relay: &Relay, event: &ConversationEvent) -> Result<Piece, CompatError> {
     match event {
-        ConversationEvent::Done { model, usage, finish_reason, cost_micros, cache, route, .. } => {
+        ConversationEvent::Done {
+            model, usage, finish_reason, cost_micros, cache, route, ..
+        } => {
             let provider = provider_name(&relay.providers, model);
             Ok(Piece::Done(Finish {
                 model: model.clone(),
