@@ -66,7 +66,7 @@ for target in $targets; do
   "$bin_dir/$target" "$scratch" "$corpus" -artifact_prefix="$artifacts/" \
     -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     >"$scratch.log" 2>&1 || rc=$?
-  grep -E '^#[0-9]+ +(INITED|DONE)|^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' \
+  grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' \
     "$scratch.log" || true
   if [ "$rc" -ne 0 ]; then
     echo "--- $target FAILED (exit $rc); the end of its log:"
