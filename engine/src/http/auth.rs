@@ -2,11 +2,14 @@
 //! token, rotate and publish signing keys. Handlers stay thin; the rules live in
 //! [`crate::auth::service`].
 
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use crate::auth::service::{Login, Via};
 use crate::auth::tokens::{Attenuation, attenuate};
@@ -36,6 +39,17 @@ struct LoginBody {
     tenant_id: Option<String>,
 }
 
+/// Logins checked at once. Each runs argon2id, which holds 19 MiB and a core for tens of
+/// milliseconds, on the blocking pool (up to 512 threads): unchecked, a burst of logins — even
+/// failing ones — costs gigabytes. Past this many, a login waits its turn.
+static LOGINS_IN_FLIGHT: LazyLock<Semaphore> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Semaphore::new((2 * cores).clamp(2, 32))
+});
+
+/// Longest wait for that turn before `503 overloaded`.
+const LOGIN_QUEUE_WAIT: Duration = Duration::from_secs(5);
+
 /// Email + password (+ TOTP code when enrolled) → access token + refresh token.
 #[post("/api/v1/auth/login")]
 async fn login(
@@ -43,6 +57,15 @@ async fn login(
     state: web::Data<AppState>,
     body: web::Json<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let Ok(Ok(_turn)) = tokio::time::timeout(LOGIN_QUEUE_WAIT, LOGINS_IN_FLIGHT.acquire()).await
+    else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many logins at once; retry shortly",
+        )
+        .with_retry_after(Duration::from_secs(1)));
+    };
     let ip = req.peer_addr().map(|a| a.ip().to_string());
     let session = state
         .auth
