@@ -726,7 +726,7 @@ async fn stalled_flood(from_the_start: bool) -> StalledFlood {
 }
 
 #[tokio::test]
-#[ignore = "measures a node's RSS, which the rest of the suite running alongside skews: .ci/run runs it alone"]
+#[ignore = "measures a node's RSS: +9 MiB under nextest but +49 MiB under cargo test in CI, even alone; not yet explained (see the stop-16 note)"]
 async fn never_reading_websocket_clients_are_dropped_and_the_engine_stays_small() {
     let StalledFlood { node, token, mut stalled, growth_mib, owed_mib } =
         stalled_flood(false).await;
@@ -785,7 +785,7 @@ async fn never_reading_clients_resuming_from_the_start_stay_small() {
 }
 
 #[tokio::test]
-#[ignore = "measures a node's RSS, which the rest of the suite running alongside skews: .ci/run runs it alone"]
+#[ignore = "measures a node's RSS: +9 MiB under nextest but +49 MiB under cargo test in CI, even alone; not yet explained (see the stop-16 note)"]
 async fn a_burst_of_logins_is_queued_and_memory_stays_bounded() {
     let fake = FakeLlmServer::start(Scenario::default()).expect("fake-llm starts");
     let toml = format!(
