@@ -16,8 +16,9 @@
 //! - **Reads**: at start a reader task rebuilds the node's exact maps and vector indexes from
 //!   the non-expired rows, page by page, in the background (the node serves meanwhile; the
 //!   rows arrive as misses turn into hits). Then every [`SYNC_EVERY`] it loads the rows other
-//!   nodes wrote since (ids above the last it saw, plus rows created in the last
-//!   [`SYNC_OVERLAP`], because sequence ids commit out of order) and the purge markers.
+//!   nodes wrote since (ids above the last it saw; and, because sequence ids commit out of
+//!   order, the ids of rows created in the last [`SYNC_OVERLAP`] are listed and those it has
+//!   not loaded fetched) and the purge markers.
 //!   Expiry comes from the row (`expires_at - now()` on the database's clock), so a row's TTL
 //!   is the one its writer's tenant policy set, and nodes with skewed clocks agree.
 //! - **Purge** (`DELETE /api/v1/cache`) goes through the writer's queue, so writes queued
@@ -31,7 +32,7 @@
 //! `tenant_id`; the rebuild, the sync and the expiry sweep read every tenant's rows by design
 //! and file each row under its own tenant.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -380,12 +381,39 @@ const COLUMNS: &str = "id, tenant_id, model_family, key_hash, scope_hash, prompt
     space, response, EXTRACT(EPOCH FROM expires_at - now())::float8, hits";
 
 /// How far the reader got.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct Cursor {
     /// Highest row id loaded.
     row: i64,
     /// Highest purge marker seen.
     purge: i64,
+    /// Ids loaded in the last [`SYNC_OVERLAP`] and a bit: a late row is fetched only if not
+    /// among them.
+    recent: Recent,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    ids: HashSet<i64>,
+    order: VecDeque<(Instant, i64)>,
+}
+
+impl Recent {
+    fn add(&mut self, id: i64) {
+        if self.ids.insert(id) {
+            self.order.push_back((Instant::now(), id));
+        }
+    }
+
+    fn forget_older_than(&mut self, age: Duration) {
+        while let Some((at, id)) = self.order.front().copied() {
+            if at.elapsed() <= age {
+                break;
+            }
+            self.order.pop_front();
+            self.ids.remove(&id);
+        }
+    }
 }
 
 async fn read_loop(pool: Pool, cache: Weak<Cache>) {
@@ -450,8 +478,8 @@ async fn rebuild(pool: &Pool, cache: &Weak<Cache>) -> Result<(Cursor, usize), St
     })
     .await
     .unwrap_or_else(|_| Err("timed out".into()))?;
-    let mut cursor = Cursor { row: 0, purge };
-    let loaded = load_pages(pool, cache, None, &mut cursor.row).await?;
+    let mut cursor = Cursor { row: 0, purge, recent: Recent::default() };
+    let loaded = load_pages(pool, cache, None, &mut cursor.row, &mut cursor.recent).await?;
     Ok((cursor, loaded))
 }
 
@@ -461,6 +489,7 @@ async fn load_pages(
     cache: &Weak<Cache>,
     tenant: Option<&str>,
     after: &mut i64,
+    recent: &mut Recent,
 ) -> Result<usize, String> {
     let sql = match tenant {
         Some(_) => format!(
@@ -488,12 +517,14 @@ async fn load_pages(
         .unwrap_or_else(|_| Err("timed out".into()))?;
         let full = rows.len() as i64 == PAGE;
         let Some(last) = rows.last().map(|r| r.get::<_, i64>(0)) else { return Ok(loaded) };
+        let ids: Vec<i64> = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
         let n = rows.len();
         if !install(cache, rows, generation).await? {
             // A purge ran meanwhile: this page may hold purged rows; read it again.
             continue;
         }
         *after = last;
+        ids.into_iter().for_each(|id| recent.add(id));
         loaded += n;
         if !full {
             return Ok(loaded);
@@ -579,33 +610,62 @@ async fn sync(pool: &Pool, cache: &Weak<Cache>, cursor: &mut Cursor) -> Result<(
         drop(strong);
         // What was written after the purge.
         let mut after = 0;
-        load_pages(pool, cache, Some(tenant), &mut after).await?;
+        load_pages(pool, cache, Some(tenant), &mut after, &mut cursor.recent).await?;
     }
     if let Some(last) = markers.last() {
         cursor.purge = last.get(0);
     }
-    // Rows that committed late under ids below the cursor (re-reading is harmless: a loaded
-    // key is skipped).
-    let overlap = SYNC_OVERLAP.as_secs_f64();
-    // Taken before the query runs (the future below is lazy).
-    let generation = cache.upgrade().map(|c| c.generation());
-    let late = tokio::time::timeout(DEADLINE, async {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
-        let sql = format!(
-            "SELECT {COLUMNS} FROM semantic_cache
-             WHERE created_at > now() - make_interval(secs => $1) AND id <= $2
-               AND expires_at > now()"
-        );
-        let statement = client.prepare_cached(&sql).await.map_err(|e| e.to_string())?;
-        client.query(&statement, &[&overlap, &cursor.row]).await.map_err(|e| e.to_string())
-    });
-    let late = late.await.unwrap_or_else(|_| Err("timed out".into()))?;
-    if let Some(generation) = generation
-        && !late.is_empty()
-    {
-        // Discarded on a concurrent purge; the next sync reads them again.
-        install(cache, late, generation).await?;
+    // Rows that committed late under ids below the cursor: their ids first (cheap), then
+    // the rows this node has not loaded.
+    cursor.recent.forget_older_than(SYNC_OVERLAP + 2 * SYNC_EVERY);
+    let (overlap, below) = (SYNC_OVERLAP.as_secs_f64(), cursor.row);
+    let late = query(pool, |client| async move {
+        let statement = client
+            .prepare_cached(
+                "SELECT id FROM semantic_cache
+                 WHERE created_at > now() - make_interval(secs => $1) AND id <= $2
+                   AND expires_at > now()",
+            )
+            .await?;
+        client.query(&statement, &[&overlap, &below]).await
+    })
+    .await?;
+    let missing: Vec<i64> = late
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .filter(|id| !cursor.recent.ids.contains(id))
+        .collect();
+    if !missing.is_empty() {
+        // Taken before the query runs.
+        let Some(generation) = cache.upgrade().map(|c| c.generation()) else { return Ok(()) };
+        let wanted = missing.clone();
+        let rows = query(pool, |client| async move {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM semantic_cache WHERE id = ANY($1) AND expires_at > now()"
+            );
+            let statement = client.prepare_cached(&sql).await?;
+            client.query(&statement, &[&wanted]).await
+        })
+        .await?;
+        // Discarded on a concurrent purge: then the next sync fetches them again.
+        if install(cache, rows, generation).await? {
+            missing.into_iter().for_each(|id| cursor.recent.add(id));
+        }
     }
-    load_pages(pool, cache, None, &mut cursor.row).await?;
+    load_pages(pool, cache, None, &mut cursor.row, &mut cursor.recent).await?;
     Ok(())
+}
+
+/// Runs `f` on a pooled connection under [`DEADLINE`].
+async fn query<F, Fut>(pool: &Pool, f: F) -> Result<Vec<Row>, String>
+where
+    F: FnOnce(deadpool_postgres::Object) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Row>, tokio_postgres::Error>>,
+{
+    tokio::time::timeout(DEADLINE, async {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
+        f(client).await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|_| Err("timed out".into()))
 }
