@@ -22,7 +22,7 @@ use std::sync::{Mutex, PoisonError};
 use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 
-use super::ledger::LedgerError;
+use super::ledger::{LedgerError, db};
 
 /// `[costs.anomaly]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -269,10 +269,6 @@ impl AnomalyDetector {
             .cloned()
             .collect())
     }
-}
-
-fn db(e: impl std::fmt::Display) -> LedgerError {
-    LedgerError(format!("database: {e}"))
 }
 
 async fn persist(pool: &Pool, a: &Anomaly) -> Result<(), LedgerError> {

@@ -20,7 +20,7 @@ use deadpool_postgres::Pool;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::ledger::{LedgerError, SharedLedger};
+use super::ledger::{LedgerError, SharedLedger, db};
 use super::reports::Month;
 use crate::cluster::counters::Counters;
 
@@ -157,10 +157,6 @@ impl PgBudgets {
     }
 }
 
-fn db(e: impl std::fmt::Display) -> LedgerError {
-    LedgerError(format!("database: {e}"))
-}
-
 fn on_exceeded_name(o: OnExceeded) -> &'static str {
     match o {
         OnExceeded::Refuse => "refuse",
@@ -257,18 +253,42 @@ impl BudgetStore for PgBudgets {
     }
 }
 
-/// A budget (or its absence) and when it was read.
-type CachedBudget = (Instant, Option<Budget>);
+/// A per-node copy of settings read from a store, trusted for [`BUDGET_CACHE`]: budgets and
+/// routing policies are read on every turn and change rarely.
+pub struct ReadThrough<K, V> {
+    entries: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Default for ReadThrough<K, V> {
+    fn default() -> Self {
+        Self { entries: Mutex::default() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> ReadThrough<K, V> {
+    /// The copy of `key`, if read less than [`BUDGET_CACHE`] ago.
+    pub fn fresh(&self, key: &K) -> Option<V> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.get(key).filter(|(at, _)| at.elapsed() < BUDGET_CACHE).map(|(_, v)| v.clone())
+    }
+
+    pub fn remember(&self, key: K, value: V) {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, (Instant::now(), value));
+    }
+}
 
 /// A budget store read through a per-node cache of [`BUDGET_CACHE`].
 pub struct CachedBudgets {
     inner: Arc<dyn BudgetStore>,
-    cache: Mutex<HashMap<(String, Scope), CachedBudget>>,
+    cache: ReadThrough<(String, Scope), Option<Budget>>,
 }
 
 impl CachedBudgets {
     pub fn new(inner: Arc<dyn BudgetStore>) -> CachedBudgets {
-        CachedBudgets { inner, cache: Mutex::default() }
+        CachedBudgets { inner, cache: ReadThrough::default() }
     }
 
     pub fn store(&self) -> &Arc<dyn BudgetStore> {
@@ -277,17 +297,11 @@ impl CachedBudgets {
 
     pub async fn get(&self, tenant_id: &str, scope: &Scope) -> Result<Option<Budget>, LedgerError> {
         let key = (tenant_id.to_owned(), scope.clone());
-        if let Some((at, budget)) =
-            self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key)
-            && at.elapsed() < BUDGET_CACHE
-        {
-            return Ok(budget.clone());
+        if let Some(budget) = self.cache.fresh(&key) {
+            return Ok(budget);
         }
         let budget = self.inner.get(tenant_id, scope).await?;
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, (Instant::now(), budget.clone()));
+        self.cache.remember(key, budget.clone());
         Ok(budget)
     }
 
@@ -298,10 +312,7 @@ impl CachedBudgets {
         budget: Option<Budget>,
     ) -> Result<(), LedgerError> {
         self.inner.put(tenant_id, scope, budget.clone()).await?;
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert((tenant_id.to_owned(), scope.clone()), (Instant::now(), budget));
+        self.cache.remember((tenant_id.to_owned(), scope.clone()), budget);
         Ok(())
     }
 }

@@ -170,7 +170,8 @@ pub struct PgLedger {
     pool: Pool,
 }
 
-fn db(e: impl std::fmt::Display) -> LedgerError {
+/// A database failure as the cost stores report it (never the connection string).
+pub(super) fn db(e: impl std::fmt::Display) -> LedgerError {
     LedgerError(format!("database: {e}"))
 }
 

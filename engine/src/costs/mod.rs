@@ -239,7 +239,7 @@ impl Costs {
             next
         };
         if let Some(pool) = &self.pool {
-            let client = pool.get().await.map_err(|e| LedgerError(format!("database: {e}")))?;
+            let client = pool.get().await.map_err(ledger::db)?;
             let json = serde_json::to_value(&next.models).unwrap_or_default();
             client
                 .execute(
@@ -252,7 +252,7 @@ impl Costs {
                     ],
                 )
                 .await
-                .map_err(|e| LedgerError(format!("database: {e}")))?;
+                .map_err(ledger::db)?;
         }
         tracing::info!(model, version = next.version, by, "price changed");
         Ok(next)
@@ -262,7 +262,7 @@ impl Costs {
     /// restart); models added to the configuration since keep their configured price.
     async fn load_price_versions(&self) -> Result<(), LedgerError> {
         let Some(pool) = &self.pool else { return Ok(()) };
-        let client = pool.get().await.map_err(|e| LedgerError(format!("database: {e}")))?;
+        let client = pool.get().await.map_err(ledger::db)?;
         let row = client
             .query_opt(
                 "SELECT version, prices, (extract(epoch FROM created_at) * 1000)::int8
@@ -270,7 +270,7 @@ impl Costs {
                 &[],
             )
             .await
-            .map_err(|e| LedgerError(format!("database: {e}")))?;
+            .map_err(ledger::db)?;
         let Some(row) = row else { return Ok(()) };
         let tokio_postgres::types::Json(stored): tokio_postgres::types::Json<
             BTreeMap<String, Price>,

@@ -15,13 +15,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
 
 use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 
-use super::budgets::{BUDGET_CACHE, BudgetFuture};
-use super::ledger::LedgerError;
+use super::budgets::{BudgetFuture, ReadThrough};
+use super::ledger::{LedgerError, db};
 use crate::routing::complexity::Tier;
 
 /// Prefix of a per-request tier choice: `cheapest:standard`.
@@ -144,10 +143,6 @@ impl PgRouting {
     }
 }
 
-fn db(e: impl std::fmt::Display) -> LedgerError {
-    LedgerError(format!("database: {e}"))
-}
-
 impl RoutingStore for PgRouting {
     fn get(&self, tenant_id: &str) -> BudgetFuture<Option<TenantRouting>> {
         let (pool, tenant_id) = (self.pool.clone(), tenant_id.to_owned());
@@ -189,30 +184,24 @@ impl RoutingStore for PgRouting {
     }
 }
 
-/// The store read through a per-node cache of [`BUDGET_CACHE`].
+/// The store read through a per-node cache of [`BUDGET_CACHE`](super::budgets::BUDGET_CACHE).
 pub struct CachedRouting {
     inner: Arc<dyn RoutingStore>,
-    cache: Mutex<HashMap<String, (Instant, TenantRouting)>>,
+    cache: ReadThrough<String, TenantRouting>,
 }
 
 impl CachedRouting {
     pub fn new(inner: Arc<dyn RoutingStore>) -> CachedRouting {
-        CachedRouting { inner, cache: Mutex::default() }
+        CachedRouting { inner, cache: ReadThrough::default() }
     }
 
     /// The tenant's settings (the defaults when it has none).
     pub async fn get(&self, tenant_id: &str) -> Result<TenantRouting, LedgerError> {
-        if let Some((at, routing)) =
-            self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(tenant_id)
-            && at.elapsed() < BUDGET_CACHE
-        {
-            return Ok(*routing);
+        if let Some(routing) = self.cache.fresh(&tenant_id.to_owned()) {
+            return Ok(routing);
         }
         let routing = self.inner.get(tenant_id).await?.unwrap_or_default();
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(tenant_id.to_owned(), (Instant::now(), routing));
+        self.cache.remember(tenant_id.to_owned(), routing);
         Ok(routing)
     }
 
@@ -222,10 +211,7 @@ impl CachedRouting {
         routing: Option<TenantRouting>,
     ) -> Result<(), LedgerError> {
         self.inner.put(tenant_id, routing).await?;
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(tenant_id.to_owned(), (Instant::now(), routing.unwrap_or_default()));
+        self.cache.remember(tenant_id.to_owned(), routing.unwrap_or_default());
         Ok(())
     }
 }
