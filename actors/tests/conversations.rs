@@ -819,6 +819,58 @@ async fn a_crash_never_reuses_the_seq_of_an_event_it_lost() {
     assert_contiguous(&turn, cut + 1);
 }
 
+/// A terminal event is a promise that the reply is stored: it is published only once the
+/// reply's final write is durable. Before this, a node that died between streaming `done`
+/// and storing it left a reply that recovery closed again with `interrupted` — two terminal
+/// events for one turn.
+#[actix_rt::test]
+async fn done_is_published_only_after_the_reply_is_stored() {
+    let config = ConversationConfig {
+        write_attempts: 100,
+        write_retry_backoff: Duration::from_millis(5),
+        checkpoint_interval: Duration::from_secs(3600),
+        checkpoint_bytes: 1 << 20,
+        ..fast_config()
+    };
+    let h = harness(echo_plan(Duration::from_millis(5)), config.clone(), TenantConfig::default());
+    let (id, conv) = h.new_conversation("t1").await;
+    let mut live = conv.subscribe(None).await.unwrap();
+    conv.post(post("long 20")).await.unwrap();
+    let mut seen = read_n(&mut live, 3).await;
+    // The reply finishes while its writes fail.
+    h.store.set_available(false);
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(300), live.receiver.recv()).await
+    {
+        assert!(!event.is_terminal(), "a terminal event before its write: {event:?}");
+        seen.push(event);
+    }
+    assert_eq!(text_of(&seen).split(' ').count(), 21, "every delta streamed: {seen:?}");
+    // A message posted meanwhile is not answered ahead of the held `done`.
+    h.store.set_available(true);
+    let crashed = h.store.fork();
+    let queued = conv.post(post("next")).await.unwrap();
+    h.store.set_available(false);
+
+    // A crash now: nothing says the reply finished, so recovery ends it once, `interrupted`.
+    let rebuilt = harness_on(crashed, echo_plan(Duration::ZERO), config);
+    let after_crash = rebuilt.conversations.open("t1", &id).await.unwrap();
+    let max_seen = *seqs(&seen).last().unwrap();
+    let mut resumed = after_crash.subscribe(Some(max_seen)).await.unwrap();
+    let next = read_n(&mut resumed, 1).await;
+    assert!(matches!(*next[0], ConversationEvent::Interrupted { .. }), "{next:?}");
+
+    // On the live node the write lands at last: `done`, then the queued message's ack, in
+    // seq order, then its reply.
+    h.store.set_available(true);
+    let rest = read_turns(&mut live, 2).await;
+    assert!(matches!(*rest[0], ConversationEvent::Done { .. }), "{rest:?}");
+    assert!(matches!(*rest[1], ConversationEvent::Ack { seq, .. } if seq == queued.seq));
+    seen.extend(rest);
+    assert_contiguous(&seen, 1);
+    assert_eq!(seen.iter().filter(|e| e.is_terminal()).count(), 2, "one terminal per turn");
+}
+
 #[actix_rt::test]
 async fn long_replies_extend_the_reservation_ahead_of_use() {
     let config = ConversationConfig { seq_reserve_block: 8, ..fast_config() };

@@ -291,6 +291,13 @@ pub struct ConversationActor {
     reserved: u64,
     /// A background extension of the reservation is in flight.
     reserving: bool,
+    /// The ended turn's terminal event (`done` or `error`), held until its reply's final
+    /// write is durable: a terminal event a client saw must survive a crash, or recovery
+    /// would end the same reply again with `interrupted` (two terminals for one turn).
+    held_terminal: Option<ConversationEvent>,
+    /// Events with seqs after the held terminal (acks of messages posted meanwhile), kept
+    /// back so subscribers still get every event in seq order.
+    deferred: Vec<ConversationEvent>,
 }
 
 impl ConversationActor {
@@ -345,6 +352,8 @@ impl ConversationActor {
             last_active: Instant::now(),
             reserved: 0,
             reserving: false,
+            held_terminal: None,
+            deferred: Vec::new(),
         };
         actor.reserved = reserved;
         let addr = actor.start();
@@ -361,8 +370,13 @@ impl ConversationActor {
         self.last_active = Instant::now();
     }
 
-    /// Sends an event to every subscriber and keeps it for resumes.
+    /// Sends an event to every subscriber and keeps it for resumes — or, while a terminal
+    /// event is held, queues it behind that one.
     fn broadcast(&mut self, event: ConversationEvent) {
+        if self.held_terminal.is_some() {
+            self.deferred.push(event);
+            return;
+        }
         let event = Arc::new(event);
         self.replay.push(event.clone());
         self.subscribers.retain(|s| match s.tx.try_send(event.clone()) {
@@ -374,6 +388,25 @@ impl ConversationActor {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
         self.evict();
+    }
+
+    /// The highest seq subscribers have been sent: everything before a held terminal.
+    fn published_seq(&self) -> u64 {
+        self.held_terminal
+            .as_ref()
+            .and_then(ConversationEvent::seq)
+            .map_or(self.last_seq, |s| s - 1)
+    }
+
+    /// The ended reply's final write is durable (or was given up on): publishes its terminal
+    /// event and what waited behind it, then starts the next turn.
+    fn release_terminal(&mut self, ctx: &mut Context<Self>) {
+        let Some(terminal) = self.held_terminal.take() else { return };
+        self.broadcast(terminal);
+        for event in std::mem::take(&mut self.deferred) {
+            self.broadcast(event);
+        }
+        self.maybe_start_turn(ctx);
     }
 
     /// Trims the replay buffer, keeping unsaved events and those a pending resume needs.
@@ -419,7 +452,8 @@ impl ConversationActor {
 
     /// Starts the next queued turn if none is running; releases the tenant slot when idle.
     fn maybe_start_turn(&mut self, ctx: &mut Context<Self>) {
-        if self.current.is_some() {
+        // The next reply's events may not overtake the last one's held terminal.
+        if self.current.is_some() || self.held_terminal.is_some() {
             return;
         }
         let Some(next) = self.pending.pop_front() else {
@@ -729,17 +763,15 @@ impl ConversationActor {
             chunk: std::mem::take(&mut turn.unsaved),
         };
         let from_seq = turn.unsaved_from.unwrap_or(seq);
-        self.writes.push(PendingWrite { from_seq, progress, outcome: Some(outcome) });
-        {
-            let _in_turn = turn.span.enter();
-            self.pump_writes(ctx);
-        }
         if !turn.visible.is_empty() {
             self.history.push(ChatMessage::assistant(turn.visible));
         }
         self.last_active = Instant::now();
-        self.broadcast(event);
-        self.maybe_start_turn(ctx);
+        // Published (and the next turn started) once the final write lands: `pump_writes`.
+        self.held_terminal = Some(event);
+        self.writes.push(PendingWrite { from_seq, progress, outcome: Some(outcome) });
+        let _in_turn = turn.span.enter();
+        self.pump_writes(ctx);
     }
 
     /// Sends the oldest queued reply write if none is in flight; retries with backoff.
@@ -769,13 +801,22 @@ impl ConversationActor {
             match result {
                 Ok(()) => {
                     act.writes.failures = 0;
-                    act.writes.queue.pop_front();
-                    act.evict();
-                    act.pump_writes(ctx);
+                    act.write_done(ctx);
                 }
                 Err(e) => act.write_failed(ctx, e),
             }
         }));
+    }
+
+    /// The front write is settled: stored, or dropped after repeated failures. Live
+    /// subscribers get the reply's end either way (a dropped write is logged loudly).
+    fn write_done(&mut self, ctx: &mut Context<Self>) {
+        let finished = self.writes.queue.pop_front().is_some_and(|w| w.outcome.is_some());
+        self.evict();
+        if finished {
+            self.release_terminal(ctx);
+        }
+        self.pump_writes(ctx);
     }
 
     fn write_failed(&mut self, ctx: &mut Context<Self>, error: StoreError) {
@@ -791,9 +832,7 @@ impl ConversationActor {
                 "dropping a reply write after repeated store failures"
             );
             self.writes.failures = 0;
-            self.writes.queue.pop_front();
-            self.evict();
-            self.pump_writes(ctx);
+            self.write_done(ctx);
             return;
         }
         tracing::warn!(conversation_id = %self.conversation.id, %error, "reply write failed; retrying");
@@ -970,15 +1009,16 @@ impl Handler<Subscribe> for ConversationActor {
 
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) -> Self::Result {
         self.dequeued();
+        let published = self.published_seq();
         let Some(after_seq) = msg.after_seq else {
-            let live = self.attach(Vec::new(), self.last_seq);
+            let live = self.attach(Vec::new(), published);
             return Box::pin(actix::fut::ready(Ok(live)));
         };
         if after_seq > self.last_seq {
             let e = ConversationError::ResyncRequired { after_seq, last_seq: self.last_seq };
             return Box::pin(actix::fut::ready(Err(e)));
         }
-        if self.replay.covers(after_seq, self.last_seq) {
+        if self.replay.covers(after_seq, published) {
             let replay = self.replay.after(after_seq).cloned().collect();
             return Box::pin(actix::fut::ready(Ok(self.attach(replay, after_seq))));
         }
@@ -991,14 +1031,16 @@ impl Handler<Subscribe> for ConversationActor {
         Box::pin(read.into_actor(self).map(move |stored, act, _ctx| {
             act.replay_pins.retain(|(id, _)| *id != pin);
             let stored = stored?;
-            let front = act.replay.front_seq(act.last_seq);
+            // Held events are not published yet: they come live, after the replay.
+            let published = act.published_seq();
+            let front = act.replay.front_seq(published);
             let mut replay: Vec<Arc<ConversationEvent>> = stored
                 .into_iter()
                 .filter(|e| e.seq().is_some_and(|s| s < front))
                 .map(Arc::new)
                 .collect();
             replay.extend(act.replay.after(after_seq).cloned());
-            let gap_free = is_gap_free(&replay, after_seq, act.last_seq);
+            let gap_free = is_gap_free(&replay, after_seq, published);
             act.evict();
             if !gap_free {
                 tracing::warn!(conversation_id = %act.conversation.id, after_seq, "resume would have a gap");
