@@ -194,6 +194,16 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
+/// The process's resident set now, in KiB, after restarting its peak (`VmHWM`) from here:
+/// the peak is otherwise the whole lifetime's, and start-up can outgrow what is measured
+/// after it (loading the embedding model, when `SWITCHYARD_EMBEDDING_MODEL_DIR` is set as in
+/// CI, peaks ~50 MiB above where it settles).
+fn rss_kib_with_peak_reset(pid: u32) -> u64 {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .expect("the peak RSS of our own child can be reset (Linux 4.0+)");
+    proc_status_kib(pid, "VmRSS")
+}
+
 #[tokio::test]
 async fn slowloris_heads_are_cut_at_the_request_timeout_while_others_are_served() {
     let app = spawn_app_with("", Scenario::default(), "[limits]\nclient_request_timeout_ms = 1000");
@@ -695,7 +705,7 @@ async fn stalled_flood(from_the_start: bool) -> StalledFlood {
         .unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
     let (_, calm_seq) = flood(node.addr, &token, &id).await;
-    let baseline_kib = proc_status_kib(node.pid(), "VmRSS");
+    let baseline_kib = rss_kib_with_peak_reset(node.pid());
 
     let after_seq = if from_the_start { 0 } else { calm_seq };
     let mut stalled = Vec::new();
@@ -726,7 +736,6 @@ async fn stalled_flood(from_the_start: bool) -> StalledFlood {
 }
 
 #[tokio::test]
-#[ignore = "measures a node's RSS: +9 MiB under nextest but +49 MiB under cargo test in CI, even alone; not yet explained (see the stop-16 note)"]
 async fn never_reading_websocket_clients_are_dropped_and_the_engine_stays_small() {
     let StalledFlood { node, token, mut stalled, growth_mib, owed_mib } =
         stalled_flood(false).await;
@@ -785,7 +794,6 @@ async fn never_reading_clients_resuming_from_the_start_stay_small() {
 }
 
 #[tokio::test]
-#[ignore = "measures a node's RSS: +9 MiB under nextest but +49 MiB under cargo test in CI, even alone; not yet explained (see the stop-16 note)"]
 async fn a_burst_of_logins_is_queued_and_memory_stays_bounded() {
     let fake = FakeLlmServer::start(Scenario::default()).expect("fake-llm starts");
     let toml = format!(
@@ -795,7 +803,7 @@ async fn a_burst_of_logins_is_queued_and_memory_stays_bounded() {
     );
     let node = spawn_process_node("hostile-logins", &toml);
     node.token().await;
-    let baseline_kib = proc_status_kib(node.pid(), "VmRSS");
+    let baseline_kib = rss_kib_with_peak_reset(node.pid());
     // As the engine sizes its gate: each login's argon2id holds 19 MiB.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let permits = (2 * cores).clamp(2, 32);
@@ -827,11 +835,11 @@ async fn a_burst_of_logins_is_queued_and_memory_stays_bounded() {
         );
     }
     assert!(served >= permits, "logins are queued, not refused outright: {served} served");
-    // What may stay resident: the logins checked at once, plus one freed 19 MiB block kept by
-    // each glibc malloc arena (8 per core) that ran one. Unbounded, the burst alone would be
-    // 19 MiB × 64 at once.
-    let arenas = 8 * cores;
-    let bound = 20.0 * (permits + arenas.min(burst)) as f64;
+    // What may stay resident: argon2's working memory for the logins checked at once (the
+    // engine pools those blocks), plus slack for the rest of a login. Unbounded, the burst
+    // alone would be 19 MiB × 64 at once; left to malloc, each arena that ran a login kept a
+    // block (+380 MiB here).
+    let bound = 20.0 * permits as f64 + 48.0;
     let unbounded = 19.0 * burst as f64;
     if unbounded > 2.0 * bound {
         assert!(
@@ -840,6 +848,8 @@ async fn a_burst_of_logins_is_queued_and_memory_stays_bounded() {
              once (unbounded ~{unbounded:.0} MiB)"
         );
     } else {
-        eprintln!("{cores} cores: too many arenas for this burst to tell bounded from unbounded");
+        eprintln!(
+            "{cores} cores: a gate this wide cannot be told from no gate with {burst} logins"
+        );
     }
 }
