@@ -18,6 +18,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+# shellcheck source=loadtest/lib/tenant_key.sh
+source "$repo/loadtest/lib/tenant_key.sh"
 kit="${PEERKIT_KIT:-$repo/../shared/bench}"
 venv="${PEERKIT_VENV:-/tmp/peerkit/venv}"
 py="$venv/bin/python"
@@ -98,12 +100,7 @@ engine_pid=$!
 wait_http "http://127.0.0.1:$engine_port/healthz"
 engine_url="http://127.0.0.1:$engine_port"
 
-json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
-token="$(curl -sf -X POST "$engine_url/api/v1/auth/login" -H 'content-type: application/json' \
-    -d "{\"email\":\"$SWITCHYARD_BOOTSTRAP_EMAIL\",\"password\":\"$SWITCHYARD_BOOTSTRAP_PASSWORD\"}" | json_field access_token)"
-key="$(curl -sf -X POST "$engine_url/api/v1/api-keys" -H "authorization: Bearer $token" \
-    -H 'content-type: application/json' \
-    -d '{"name":"bench","scopes":["conversations:read","conversations:write"]}' | json_field key)"
+key="$(tenant_api_key "$engine_url" bench)"
 
 "$py" "$kit/real_client_check.py" "$engine_url" --api-key "$key" \
     --anthropic-model claude-3-5-haiku >"$out/client_check.txt" 2>&1 \

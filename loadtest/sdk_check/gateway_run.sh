@@ -14,6 +14,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+# shellcheck source=loadtest/lib/tenant_key.sh
+source "$repo/loadtest/lib/tenant_key.sh"
 
 fake_bin="${FAKE_LLM_BIN:-}"
 engine_bin="${SWITCHYARD_BIN:-}"
@@ -99,12 +101,7 @@ engine_pid=$!
 engine_url="$(wait_for_url "$work/engine.out" "$engine_pid")"
 echo "fake-llm at $fake_url, switchyard at $engine_url"
 
-json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
-token="$(curl -sf -X POST "$engine_url/api/v1/auth/login" -H 'content-type: application/json' \
-    -d "{\"email\":\"$SWITCHYARD_BOOTSTRAP_EMAIL\",\"password\":\"$SWITCHYARD_BOOTSTRAP_PASSWORD\"}" | json_field access_token)"
-SWITCHYARD_API_KEY="$(curl -sf -X POST "$engine_url/api/v1/api-keys" -H "authorization: Bearer $token" \
-    -H 'content-type: application/json' \
-    -d '{"name":"sdk-check","scopes":["conversations:read","conversations:write"]}' | json_field key)"
+SWITCHYARD_API_KEY="$(tenant_api_key "$engine_url" sdk-check)"
 export SWITCHYARD_API_KEY
 
 status=0
