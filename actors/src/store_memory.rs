@@ -21,12 +21,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures_util::FutureExt;
 use futures_util::future::ready;
 
-use crate::events::{CacheStatus, ConversationEvent};
+use crate::events::CacheStatus;
 use crate::ports::llm::Role;
 use crate::ports::store::{
     AssistantOutcome, AssistantProgress, Conversation, ConversationPage, ConversationSettings,
-    ConversationStore, ListQuery, LoadedConversation, MessageStatus, NewUserMessage, StoreError,
-    StoreFuture, StoredMessage, replay_messages,
+    ConversationStore, EventsPage, ListQuery, LoadedConversation, MESSAGES_PER_PAGE, MessageStatus,
+    NewUserMessage, StoreError, StoreFuture, StoredMessage, page_of_events,
 };
 
 #[derive(Default, Clone)]
@@ -380,7 +380,8 @@ impl ConversationStore for InMemoryConversationStore {
         tenant_id: &str,
         conversation_id: &str,
         after_seq: u64,
-    ) -> StoreFuture<Vec<ConversationEvent>> {
+        max_events: usize,
+    ) -> StoreFuture<EventsPage> {
         done(self.with_conversation(tenant_id, conversation_id, |c| {
             // Replies never overlap each other's seq ranges (turns run one at a time), and a
             // user message stored before a reply was acked before that reply closed. So once
@@ -394,7 +395,11 @@ impl ConversationStore for InMemoryConversationStore {
                         && m.last_seq <= after_seq
                 })
                 .map_or(0, |i| i + 1);
-            Ok(replay_messages(&c.messages[start..], after_seq))
+            let mut newer: Vec<&StoredMessage> =
+                c.messages[start..].iter().filter(|m| m.last_seq > after_seq).collect();
+            newer.sort_by_key(|m| m.first_seq);
+            newer.truncate(MESSAGES_PER_PAGE + 1);
+            Ok(page_of_events(&newer, after_seq, max_events))
         }))
     }
 }
@@ -402,6 +407,7 @@ impl ConversationStore for InMemoryConversationStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::ConversationEvent;
     use crate::ports::store::StreamChunk;
 
     fn settings() -> ConversationSettings {
@@ -509,14 +515,21 @@ mod tests {
             cache: CacheStatus::Miss,
         };
         store.finish_assistant("t", &c.id, progress(2, 4, chunk), outcome).await.unwrap();
-        let all = store.events_after("t", &c.id, 0).await.unwrap();
+        let all = store.events_after("t", &c.id, 0, 100).await.unwrap();
+        assert!(all.complete);
+        let all = all.events;
         assert_eq!(all.iter().filter_map(ConversationEvent::seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
         assert_eq!(all[2], ConversationEvent::Delta { seq: 3, text: "lo".into() });
-        let tail = store.events_after("t", &c.id, 2).await.unwrap();
-        assert_eq!(tail, all[2..].to_vec());
+        let tail = store.events_after("t", &c.id, 2, 100).await.unwrap();
+        assert_eq!(tail.events, all[2..].to_vec());
+        let first = store.events_after("t", &c.id, 0, 3).await.unwrap();
+        assert_eq!((first.events.as_slice(), first.complete), (&all[..3], false));
         let loaded = store.load("t", &c.id, 10).await.unwrap();
         assert_eq!(loaded.conversation.last_seq, 4);
         assert_eq!(loaded.messages[1].content(), "Hello");
-        assert!(store.events_after("t", &c.id, 4).await.unwrap().is_empty());
+        assert_eq!(
+            store.events_after("t", &c.id, 4, 100).await.unwrap(),
+            EventsPage { events: vec![], complete: true }
+        );
     }
 }

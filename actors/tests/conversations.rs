@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actors::conversation::{
-    ConversationConfig, ConversationDeps, ConversationError, ConversationHandle, PostUserMessage,
-    Subscription,
+    ConversationConfig, ConversationDeps, ConversationError, ConversationHandle, PAGED_CHANNEL,
+    PAGED_SUBSCRIPTION, PostUserMessage, REPLAY_PAGE, Subscription,
 };
 use actors::events::ConversationEvent;
 use actors::ports::llm::{ChatMessage, FinishReason, ProviderError, Role, Usage};
@@ -397,6 +397,33 @@ async fn resume_older_than_the_buffer_mixes_store_and_buffer_while_streaming() {
 }
 
 #[actix_rt::test]
+async fn a_resume_from_far_back_is_fed_a_page_at_a_time_then_goes_live() {
+    // The live watcher may lag the whole history; the resume below may not.
+    let config = ConversationConfig { replay_buffer: 8, subscriber_buffer: 4096, ..fast_config() };
+    let h = harness(echo_plan(Duration::ZERO), config, TenantConfig::default());
+    let (_, conv) = h.new_conversation("t1").await;
+    let mut live = conv.subscribe(None).await.unwrap();
+    for _ in 0..3 {
+        conv.post(post("long 1000")).await.unwrap();
+    }
+    let history = read_turns(&mut live, 3).await;
+    assert!(history.len() > 5 * REPLAY_PAGE, "several pages: {} events", history.len());
+
+    let mut resumed = conv.subscribe(Some(0)).await.unwrap();
+    assert_eq!(resumed.id, PAGED_SUBSCRIPTION, "more than a page behind: fed through pages");
+    // Until it reads, the subscriber holds a page, not the history.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(resumed.receiver.len() <= PAGED_CHANNEL, "{} events queued", resumed.receiver.len());
+    let replayed = read_n(&mut resumed, history.len()).await;
+    assert_eq!(replayed, history, "every event once, in order");
+
+    // Caught up, it goes live like any subscriber.
+    conv.post(post("after")).await.unwrap();
+    let next = read_turns(&mut live, 1).await;
+    assert_eq!(read_turns(&mut resumed, 1).await, next);
+}
+
+#[actix_rt::test]
 async fn after_idle_shutdown_the_rebuilt_actor_replays_from_the_store_and_continues_seq() {
     let config = ConversationConfig { idle_timeout: Duration::from_millis(100), ..fast_config() };
     let h = harness(echo_plan(Duration::from_millis(1)), config, TenantConfig::default());
@@ -649,7 +676,7 @@ async fn a_tenant_cannot_open_another_tenants_conversation() {
     assert!(h.registry.get(&format!("conversation:{id}")).is_some());
     let missing = h.conversations.open("t1", "no-such-conversation").await.unwrap_err();
     assert_eq!(missing, ConversationError::NotFound);
-    assert!(h.store.events_after("t2", &id, 0).await.is_err());
+    assert!(h.store.events_after("t2", &id, 0, REPLAY_PAGE).await.is_err());
 }
 
 #[actix_rt::test]
@@ -740,7 +767,9 @@ async fn ten_thousand_turns_across_a_thousand_conversations_each_end_exactly_onc
         }
         assert_eq!(endings.len(), TURNS);
         // What the store replays is exactly what subscribers saw.
-        let stored = h.store.events_after(tenant, id, 0).await.unwrap();
+        let stored = h.store.events_after(tenant, id, 0, usize::MAX).await.unwrap();
+        assert!(stored.complete, "{TURNS} turns fit one page");
+        let stored = stored.events;
         let live: Vec<ConversationEvent> = events.iter().map(|e| (**e).clone()).collect();
         assert_eq!(stored, live, "store replay of {id}");
     }

@@ -17,7 +17,11 @@
 //! * **Resume.** `Subscribe { after_seq }` replays from the [`ReplayBuffer`] when it still
 //!   covers `after_seq`, otherwise from the store plus the buffer, then goes live. The actor
 //!   is single-threaded, so "replay then live" is atomic: no event is emitted between the
-//!   replay being assembled and the subscriber joining.
+//!   replay being assembled and the subscriber joining. The store is read a page
+//!   ([`REPLAY_PAGE`] events) at a time: when its page does not reach the buffer, the answer is
+//!   [`Subscribed::Page`] and the caller asks again after the page's last seq once it has
+//!   delivered it ([`ConversationHandle::subscribe`] does), so a far-behind subscriber is fed
+//!   as it reads instead of holding the whole history.
 //! * **Persistence** of replies is batched: a checkpoint every `checkpoint_interval` or
 //!   `checkpoint_bytes`, never per token, written one at a time in order by a small queue
 //!   that retries with backoff.
@@ -59,9 +63,27 @@ pub struct ConversationStopped {
 /// Subscribe to the conversation's events: `after_seq: None` for live events only,
 /// `Some(n)` for every event with `seq > n`, then live.
 #[derive(Message)]
-#[rtype(result = "Result<Subscription, ConversationError>")]
+#[rtype(result = "Result<Subscribed, ConversationError>")]
 pub struct Subscribe {
     pub after_seq: Option<u64>,
+}
+
+/// Events a resume reads from the store at a time. A subscriber fed through pages holds at
+/// most one page plus [`PAGED_CHANNEL`] events while it does not read (~0.1 MiB).
+pub const REPLAY_PAGE: usize = 128;
+
+/// The channel between a paged replay's task and its subscriber: the next store page is read
+/// only once the subscriber took most of the last.
+pub const PAGED_CHANNEL: usize = 32;
+
+/// The answer to [`Subscribe`].
+#[derive(Debug)]
+pub enum Subscribed {
+    /// Subscribed: the replay (if any) is queued in the channel, live events follow.
+    Live(Subscription),
+    /// Not subscribed yet: the stored events after `after_seq`, one page, in seq order and
+    /// never empty. Subscribe again after the last one to go on.
+    Page(Vec<Arc<ConversationEvent>>),
 }
 
 /// A subscriber's end. The channel closes when the subscriber fell `subscriber_buffer`
@@ -1005,14 +1027,14 @@ impl StreamHandler<TurnItem> for ConversationActor {
 }
 
 impl Handler<Subscribe> for ConversationActor {
-    type Result = ResponseActFuture<Self, Result<Subscription, ConversationError>>;
+    type Result = ResponseActFuture<Self, Result<Subscribed, ConversationError>>;
 
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) -> Self::Result {
         self.dequeued();
         let published = self.published_seq();
         let Some(after_seq) = msg.after_seq else {
             let live = self.attach(Vec::new(), published);
-            return Box::pin(actix::fut::ready(Ok(live)));
+            return Box::pin(actix::fut::ready(Ok(Subscribed::Live(live))));
         };
         if after_seq > self.last_seq {
             let e = ConversationError::ResyncRequired { after_seq, last_seq: self.last_seq };
@@ -1020,21 +1042,35 @@ impl Handler<Subscribe> for ConversationActor {
         }
         if self.replay.covers(after_seq, published) {
             let replay = self.replay.after(after_seq).cloned().collect();
-            return Box::pin(actix::fut::ready(Ok(self.attach(replay, after_seq))));
+            let live = self.attach(replay, after_seq);
+            return Box::pin(actix::fut::ready(Ok(Subscribed::Live(live))));
         }
         // Older than the buffer: read the store, and pin the buffer meanwhile so that
         // whatever the store read cannot see (not yet persisted) is still here after it.
         let pin = self.next_subscriber;
         self.next_subscriber += 1;
         self.replay_pins.push((pin, after_seq));
-        let read = self.deps.store.events_after(&self.tenant_id, &self.conversation.id, after_seq);
-        Box::pin(read.into_actor(self).map(move |stored, act, _ctx| {
+        let read = self.deps.store.events_after(
+            &self.tenant_id,
+            &self.conversation.id,
+            after_seq,
+            REPLAY_PAGE,
+        );
+        Box::pin(read.into_actor(self).map(move |page, act, _ctx| {
             act.replay_pins.retain(|(id, _)| *id != pin);
-            let stored = stored?;
+            let page = page?;
             // Held events are not published yet: they come live, after the replay.
             let published = act.published_seq();
             let front = act.replay.front_seq(published);
-            let mut replay: Vec<Arc<ConversationEvent>> = stored
+            let page_end = page.events.last().and_then(ConversationEvent::seq);
+            if !page.complete && page_end.is_some_and(|end| end + 1 < front) {
+                // Everything below the buffer's front is persisted, so this page is whole
+                // and the next one will be there: no gap to check until the last page.
+                act.evict();
+                return Ok(Subscribed::Page(page.events.into_iter().map(Arc::new).collect()));
+            }
+            let mut replay: Vec<Arc<ConversationEvent>> = page
+                .events
                 .into_iter()
                 .filter(|e| e.seq().is_some_and(|s| s < front))
                 .map(Arc::new)
@@ -1046,7 +1082,7 @@ impl Handler<Subscribe> for ConversationActor {
                 tracing::warn!(conversation_id = %act.conversation.id, after_seq, "resume would have a gap");
                 return Err(ConversationError::ResyncRequired { after_seq, last_seq: act.last_seq });
             }
-            Ok(act.attach(replay, after_seq))
+            Ok(Subscribed::Live(act.attach(replay, after_seq)))
         }))
     }
 }

@@ -47,6 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, MailboxError};
+use tokio::sync::mpsc;
 
 use crate::events::ConversationEvent;
 use crate::ports::llm::{FinishReason, Usage};
@@ -55,8 +56,12 @@ use crate::registry::{ActorEntry, Registry};
 use crate::turn::{ContinuationMode, TurnRunner};
 
 pub use actor::{
-    Cancel, ConversationActor, PostUserMessage, Posted, Subscribe, Subscription, Unsubscribe,
+    Cancel, ConversationActor, PAGED_CHANNEL, PostUserMessage, Posted, REPLAY_PAGE, Subscribe,
+    Subscribed, Subscription, Unsubscribe,
 };
+
+/// The `id` of a subscription fed through pages (see [`ConversationHandle::subscribe`]).
+pub const PAGED_SUBSCRIPTION: u64 = u64::MAX;
 
 /// Tuning for conversation actors. Defaults suit production; tests shrink the timers.
 #[derive(Debug, Clone)]
@@ -410,11 +415,61 @@ impl ConversationHandle {
         self.addr.send(message).await.map_err(ConversationError::from)
     }
 
+    /// Events after `after_seq` (`None`: live only), then live ones. A resume from further
+    /// back than the actor's buffer is fed a store page at a time as the receiver drains it
+    /// (the pages travel through a task of their own; the returned `id` then names no actor
+    /// subscriber, and the task unsubscribes when the receiver is dropped).
     pub async fn subscribe(
         &self,
         after_seq: Option<u64>,
     ) -> Result<Subscription, ConversationError> {
-        self.call(Subscribe { after_seq }).await?
+        match self.call(Subscribe { after_seq }).await?? {
+            Subscribed::Live(live) => Ok(live),
+            Subscribed::Page(page) => {
+                let (tx, receiver) = mpsc::channel(actor::PAGED_CHANNEL);
+                tokio::spawn(self.clone().page_then_follow(page, tx));
+                let last_seq = after_seq.unwrap_or_default();
+                Ok(Subscription { id: PAGED_SUBSCRIPTION, receiver, last_seq })
+            }
+        }
+    }
+
+    /// Sends `page` and the pages after it, each once the receiver has room for it, then
+    /// forwards live events. Ends, closing the channel, when the receiver is dropped or a
+    /// resubscribe fails: the subscriber resumes from its last seq and sees the error then.
+    async fn page_then_follow(
+        self,
+        mut page: Vec<Arc<ConversationEvent>>,
+        tx: mpsc::Sender<Arc<ConversationEvent>>,
+    ) {
+        let mut live = loop {
+            let mut last_sent = None;
+            for event in page {
+                last_sent = event.seq();
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            match self.call(Subscribe { after_seq: last_sent }).await {
+                Ok(Ok(Subscribed::Page(next))) => page = next,
+                Ok(Ok(Subscribed::Live(live))) => break live,
+                Ok(Err(_)) | Err(_) => return,
+            }
+        };
+        loop {
+            tokio::select! {
+                event = live.receiver.recv() => match event {
+                    Some(event) => {
+                        if tx.send(event).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                () = tx.closed() => break,
+            }
+        }
+        let _ = self.unsubscribe(live.id).await;
     }
 
     pub async fn unsubscribe(&self, subscriber_id: u64) -> Result<(), ConversationError> {

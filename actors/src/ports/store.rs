@@ -20,8 +20,11 @@
 //!   it streamed), and its terminal record (status, model, usage, error) whose event has
 //!   `last_seq`.
 //!
-//! [`StoredMessage::events`] and [`replay_messages`] do the regeneration, so every
+//! [`StoredMessage::events`] and [`page_of_events`] do the regeneration, so every
 //! implementation (the in-memory one here, PostgreSQL in the engine) replays identically.
+//! Replays are read a page at a time ([`EventsPage`]): a client resuming from the start of a
+//! long conversation is fed page by page as it reads, so one that stops reading holds a page,
+//! not the history.
 //! The shapes are SQL-friendly: scalar columns, an `int4[]`, and a small JSON column for the
 //! switches; writes are appends (`text = text || $1`, `delta_ends = delta_ends || $2`).
 //!
@@ -234,32 +237,57 @@ impl StoredMessage {
 
     /// Regenerates every event this message emitted, in seq order.
     pub fn events(&self) -> Vec<ConversationEvent> {
+        self.events_after(0, usize::MAX)
+    }
+
+    /// The first `limit` events this message emitted with `seq > after_seq`, in seq order.
+    /// Only those are built: paging through a long reply costs a page per page, not the
+    /// whole reply each time.
+    pub fn events_after(&self, after_seq: u64, limit: usize) -> Vec<ConversationEvent> {
         if self.role == Role::User {
+            if self.first_seq <= after_seq || limit == 0 {
+                return Vec::new();
+            }
             return vec![ConversationEvent::Ack {
                 client_id: self.client_id.clone(),
                 message_id: self.id.clone(),
                 seq: self.first_seq,
             }];
         }
-        let mut out = Vec::with_capacity(self.delta_ends.len() + self.switches.len() + 1);
+        let all = self.delta_ends.len() + self.switches.len() + 1;
+        let mut out = Vec::with_capacity(all.min(limit));
         let mut seqs = SeqCursor { next: self.first_seq, foreign: &self.foreign_seqs };
         let mut switches = self.switches.iter().peekable();
         let mut start = 0usize;
         for (index, end) in self.delta_ends.iter().enumerate() {
             while let Some(switch) = switches.next_if(|s| s.before_delta as usize <= index) {
-                out.push(switch_event(seqs.take(), &switch.kind));
+                let seq = seqs.take();
+                if seq > after_seq {
+                    out.push(switch_event(seq, &switch.kind));
+                }
             }
             let end = *end as usize;
-            let text = self.text.get(start..end).unwrap_or("").to_owned();
-            out.push(ConversationEvent::Delta { seq: seqs.take(), text });
+            let seq = seqs.take();
+            if seq > after_seq {
+                let text = self.text.get(start..end).unwrap_or("").to_owned();
+                out.push(ConversationEvent::Delta { seq, text });
+            }
             start = end;
+            if out.len() >= limit {
+                out.truncate(limit);
+                return out;
+            }
         }
         for switch in switches {
-            out.push(switch_event(seqs.take(), &switch.kind));
+            let seq = seqs.take();
+            if seq > after_seq {
+                out.push(switch_event(seq, &switch.kind));
+            }
         }
-        if let Some(terminal) = self.terminal_event() {
+        if let Some(terminal) = self.terminal_event().filter(|_| self.last_seq > after_seq) {
             out.push(terminal);
         }
+        out.truncate(limit);
         out
     }
 
@@ -338,20 +366,65 @@ impl SeqCursor<'_> {
     }
 }
 
-/// Every event with `seq > after_seq` that `messages` emitted, in seq order. `messages`
-/// must include every message whose `last_seq > after_seq` (any order); others are skipped.
-pub fn replay_messages<'a>(
+/// The first `limit` events with `seq > after_seq` that `messages` emitted, in seq order.
+/// `messages` must include every message whose `last_seq > after_seq` (any order); others
+/// are skipped.
+fn replay_messages<'a>(
     messages: impl IntoIterator<Item = &'a StoredMessage>,
     after_seq: u64,
+    limit: usize,
 ) -> Vec<ConversationEvent> {
     let mut out: Vec<ConversationEvent> = messages
         .into_iter()
         .filter(|m| m.last_seq > after_seq)
-        .flat_map(StoredMessage::events)
-        .filter(|e| e.seq().is_some_and(|s| s > after_seq))
+        .flat_map(|m| m.events_after(after_seq, limit))
         .collect();
     out.sort_by_key(|e| e.seq().unwrap_or(0));
+    out.truncate(limit);
     out
+}
+
+/// How many messages a store reads for one [`EventsPage`] (plus one, to bound the page).
+pub const MESSAGES_PER_PAGE: usize = 64;
+
+/// One page of a conversation's persisted events (see [`ConversationStore::events_after`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventsPage {
+    /// Events with `seq > after_seq`, in seq order.
+    pub events: Vec<ConversationEvent>,
+    /// False when the store holds later events: the next page starts after the last one here.
+    pub complete: bool,
+}
+
+/// The page of events after `after_seq`, at most `max_events` long. `messages` are those with
+/// `last_seq > after_seq`, ordered by `first_seq`, at most [`MESSAGES_PER_PAGE`] + 1 of them
+/// (what a store reads with `ORDER BY first_seq LIMIT`).
+///
+/// The extra message bounds the page: every seq from its `first_seq` on may belong to
+/// messages not read yet (an ack inside a reply's range sorts after the reply), so the page
+/// stops before it and the next page reads the reply again from there. Turns run one at a
+/// time, so at most the first message starts at or before `after_seq`, and a page of two or
+/// more messages always moves forward.
+pub fn page_of_events(
+    messages: &[&StoredMessage],
+    after_seq: u64,
+    max_events: usize,
+) -> EventsPage {
+    let (read, boundary) = match messages.get(MESSAGES_PER_PAGE) {
+        Some(next) => (&messages[..MESSAGES_PER_PAGE], Some(next.first_seq)),
+        None => (messages, None),
+    };
+    let max_events = max_events.max(1);
+    // One more than a page tells a full last page from a cut one.
+    let mut events = replay_messages(read.iter().copied(), after_seq, max_events.saturating_add(1));
+    if let Some(boundary) = boundary {
+        events.retain(|e| e.seq().is_some_and(|s| s < boundary));
+    }
+    let complete = boundary.is_none() && events.len() <= max_events;
+    events.truncate(max_events);
+    // What a page holds is what stays allocated while its subscriber is slow to read it.
+    events.shrink_to_fit();
+    EventsPage { events, complete }
 }
 
 /// A conversation and its most recent messages, in the order they were stored.
@@ -477,13 +550,15 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// reservation this call has made durable.
     fn reserve_seqs(&self, tenant_id: &str, conversation_id: &str, up_to: u64) -> StoreFuture<u64>;
 
-    /// Every persisted event with `seq > after_seq`, in order (see [`replay_messages`]).
+    /// The first page (at most `max_events`) of the persisted events with `seq > after_seq`,
+    /// in order (see [`page_of_events`]).
     fn events_after(
         &self,
         tenant_id: &str,
         conversation_id: &str,
         after_seq: u64,
-    ) -> StoreFuture<Vec<ConversationEvent>>;
+        max_events: usize,
+    ) -> StoreFuture<EventsPage>;
 }
 
 #[cfg(test)]
@@ -547,9 +622,85 @@ mod tests {
         ack.first_seq = 12;
         ack.last_seq = 12;
         let reply = reply();
-        let events = replay_messages([&ack, &reply], 11);
+        let events = replay_messages([&ack, &reply], 11, usize::MAX);
         let seqs: Vec<u64> = events.iter().filter_map(ConversationEvent::seq).collect();
         assert_eq!(seqs, vec![12, 13, 14, 15, 16]);
         assert!(matches!(events[0], ConversationEvent::Ack { seq: 12, .. }));
+    }
+
+    #[test]
+    fn a_window_of_a_messages_events_is_the_same_slice_of_all_of_them() {
+        let mut ack = reply();
+        ack.role = Role::User;
+        ack.first_seq = 12;
+        ack.last_seq = 12;
+        for message in [reply(), ack] {
+            let all = message.events();
+            for after_seq in 0..=message.last_seq + 1 {
+                for limit in 0..=all.len() + 1 {
+                    let want: Vec<_> = all
+                        .iter()
+                        .filter(|e| e.seq().is_some_and(|s| s > after_seq))
+                        .take(limit)
+                        .cloned()
+                        .collect();
+                    assert_eq!(message.events_after(after_seq, limit), want, "{after_seq} {limit}");
+                }
+            }
+        }
+    }
+
+    /// Every page from `after_seq` on, as a client resuming there is fed them.
+    fn all_pages(messages: &[StoredMessage], mut after_seq: u64, max_events: usize) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        loop {
+            let mut newer: Vec<&StoredMessage> =
+                messages.iter().filter(|m| m.last_seq > after_seq).collect();
+            newer.sort_by_key(|m| m.first_seq);
+            newer.truncate(MESSAGES_PER_PAGE + 1);
+            let page = page_of_events(&newer, after_seq, max_events);
+            assert!(page.events.len() <= max_events.max(1));
+            seqs.extend(page.events.iter().filter_map(ConversationEvent::seq));
+            if page.complete {
+                return seqs;
+            }
+            after_seq = *seqs.last().expect("an incomplete page is never empty");
+        }
+    }
+
+    #[test]
+    fn pages_add_up_to_the_whole_replay_whatever_their_size() {
+        // 80 acked user messages (more than a page of messages), then a reply with an ack
+        // inside its range.
+        let mut messages: Vec<StoredMessage> = (1..=80)
+            .map(|seq| {
+                let mut ack = reply();
+                ack.role = Role::User;
+                ack.id = format!("u{seq}");
+                ack.first_seq = seq;
+                ack.last_seq = seq;
+                ack
+            })
+            .collect();
+        let mut ack = messages[0].clone();
+        ack.id = "u-inside".into();
+        ack.first_seq = 92;
+        ack.last_seq = 92;
+        let mut long = reply();
+        long.first_seq = 81;
+        long.last_seq = 96;
+        long.foreign_seqs = vec![92];
+        long.text = "abcdefghijklmn".into();
+        long.delta_ends = (1..=14).collect();
+        long.switches = Vec::new();
+        messages.push(ack);
+        messages.push(long);
+        let whole: Vec<u64> =
+            replay_messages(&messages, 0, usize::MAX).iter().filter_map(|e| e.seq()).collect();
+        assert_eq!(whole, (1..=96).collect::<Vec<u64>>());
+        for max_events in [1, 3, 64, 512] {
+            assert_eq!(all_pages(&messages, 0, max_events), whole, "pages of {max_events}");
+            assert_eq!(all_pages(&messages, 85, max_events), whole[85..], "from 85, {max_events}");
+        }
     }
 }

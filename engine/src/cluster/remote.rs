@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::conversation::{ConversationError, PostUserMessage, Posted};
+use actors::conversation::{ConversationError, PostUserMessage, Posted, REPLAY_PAGE};
 use actors::events::ConversationEvent;
 use bb8_redis::redis;
 use tokio::sync::{mpsc, oneshot};
@@ -198,21 +198,40 @@ impl Pump {
         }
     }
 
-    /// Reads what the store has after what the client has seen; false when the store
-    /// refuses (the subscription closes and the client resumes).
+    /// Reads what the store has after what the client has seen, a page at a time, handing
+    /// each page on before reading the next (a client that stops reading holds one page);
+    /// false when the store refuses or the client is gone (the subscription closes and the
+    /// client resumes).
     async fn fill(&mut self) -> bool {
-        let Some(next) = self.order.next else { return true };
         let store = self.cluster.store();
-        match store.events_after(&self.tenant_id, &self.conversation_id, next - 1).await {
-            Ok(events) => {
-                for event in events {
-                    self.order.accept(Arc::new(event));
+        loop {
+            let Some(next) = self.order.next else { return true };
+            let after_seq = next - 1;
+            let page = match store
+                .events_after(&self.tenant_id, &self.conversation_id, after_seq, REPLAY_PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(conversation_id = %self.conversation_id, error = %e, "proxy replay failed");
+                    return false;
                 }
-                true
+            };
+            for event in page.events {
+                self.order.accept(Arc::new(event));
             }
-            Err(e) => {
-                tracing::warn!(conversation_id = %self.conversation_id, error = %e, "proxy replay failed");
-                false
+            if page.complete {
+                return true;
+            }
+            while let Some(event) = self.order.pop() {
+                if self.out.send(event).await.is_err() {
+                    return false;
+                }
+            }
+            if self.order.next == Some(next) {
+                // Stuck behind a hole the page could not vouch for: the live loop's gap
+                // handling (retry, then close) takes it from here.
+                return true;
             }
         }
     }

@@ -20,12 +20,13 @@
 
 use std::time::Duration;
 
-use actors::events::{CacheStatus, ConversationEvent};
+use actors::events::CacheStatus;
 use actors::ports::llm::{FinishReason, Role, Usage};
 use actors::ports::store::{
     AssistantOutcome, AssistantProgress, Conversation, ConversationPage, ConversationSettings,
-    ConversationStore, ListQuery, LoadedConversation, MessageStatus, NewUserMessage, StoreError,
-    StoreFuture, StoredError, StoredMessage, StreamSwitch, replay_messages,
+    ConversationStore, EventsPage, ListQuery, LoadedConversation, MESSAGES_PER_PAGE, MessageStatus,
+    NewUserMessage, StoreError, StoreFuture, StoredError, StoredMessage, StreamSwitch,
+    page_of_events,
 };
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -654,17 +655,21 @@ impl ConversationStore for PgConversationStore {
         tenant_id: &str,
         conversation_id: &str,
         after_seq: u64,
-    ) -> StoreFuture<Vec<ConversationEvent>> {
+        max_events: usize,
+    ) -> StoreFuture<EventsPage> {
         let (tenant, id) = (tenant_id.to_owned(), conversation_id.to_owned());
         self.call(move |client| async move {
-            // Every message with an event after `after_seq` (what `replay_messages` needs).
+            // The messages with an event after `after_seq`, in the order `page_of_events`
+            // needs, one more than a page to bound it.
             let sql = format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages
-                 WHERE tenant_id = $1 AND conversation_id = $2 AND last_seq > $3"
+                 WHERE tenant_id = $1 AND conversation_id = $2 AND last_seq > $3
+                 ORDER BY first_seq LIMIT $4"
             );
             let statement = client.prepare_cached(&sql).await.map_err(unavailable)?;
+            let limit = (MESSAGES_PER_PAGE + 1) as i64;
             let rows = client
-                .query(&statement, &[&tenant, &id, &to_i64(after_seq)])
+                .query(&statement, &[&tenant, &id, &to_i64(after_seq), &limit])
                 .await
                 .map_err(unavailable)?;
             if rows.is_empty() {
@@ -677,10 +682,11 @@ impl ConversationStore for PgConversationStore {
                     .await
                     .map_err(unavailable)?;
                 exists.ok_or(StoreError::NotFound)?;
-                return Ok(Vec::new());
+                return Ok(EventsPage { events: Vec::new(), complete: true });
             }
             let messages = rows.iter().map(message_from).collect::<Result<Vec<_>, _>>()?;
-            Ok(replay_messages(&messages, after_seq))
+            let messages: Vec<&StoredMessage> = messages.iter().collect();
+            Ok(page_of_events(&messages, after_seq, max_events))
         })
     }
 }

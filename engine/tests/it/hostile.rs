@@ -777,11 +777,10 @@ async fn never_reading_websocket_clients_are_dropped_and_the_engine_stays_small(
     assert_eq!(http.get(node.url("/healthz")).send().await.unwrap().status(), 200);
 }
 
-/// The same with sockets that `resume` from seq 0, as a new watcher may: today each one's
-/// replay of the whole history is loaded into its subscription channel at once, so 100 of
-/// them on a 25k-event conversation cost ~500 MiB. Ignored until the replay is paged.
+/// The same with sockets that `resume` from seq 0, as a new watcher may: the replay is fed a
+/// store page at a time as the socket drains, so each holds a page, not the whole history
+/// (before it was paged, 100 of them on a 25k-event conversation cost ~500 MiB).
 #[tokio::test]
-#[ignore = "a resume loads its whole replay per subscriber (~5 MiB each here); see docs/websocket.md"]
 async fn never_reading_clients_resuming_from_the_start_stay_small() {
     let flood = stalled_flood(true).await;
     assert!(

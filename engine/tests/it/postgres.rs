@@ -327,6 +327,18 @@ fn complete() -> AssistantOutcome {
     }
 }
 
+/// Every persisted event after `after_seq`, read through the store's pages.
+async fn replay(
+    store: &PgConversationStore,
+    tenant_id: &str,
+    conversation_id: &str,
+    after_seq: u64,
+) -> Vec<ConversationEvent> {
+    let page = store.events_after(tenant_id, conversation_id, after_seq, 10_000).await.unwrap();
+    assert!(page.complete, "small conversations fit one page");
+    page.events
+}
+
 fn seqs_of(events: &[ConversationEvent]) -> Vec<u64> {
     events.iter().filter_map(ConversationEvent::seq).collect()
 }
@@ -500,7 +512,10 @@ async fn every_store_call_is_walled_by_tenant() {
     assert_eq!(store.finish_assistant("tenant-b", &a.id, reply, complete()).await, nf);
     assert_eq!(store.mark_interrupted("tenant-b", &a.id, "u1", 9).await, nf);
     assert_eq!(store.reserve_seqs("tenant-b", &a.id, 500).await, Err(StoreError::NotFound));
-    assert_eq!(store.events_after("tenant-b", &a.id, 0).await.err(), Some(StoreError::NotFound));
+    assert_eq!(
+        store.events_after("tenant-b", &a.id, 0, 100).await.err(),
+        Some(StoreError::NotFound)
+    );
     assert_eq!(store.delete_conversation("tenant-b", &a.id).await, nf);
     let listed = store
         .list_conversations("tenant-b", ListQuery { limit: 100, ..Default::default() })
@@ -514,7 +529,7 @@ async fn every_store_call_is_walled_by_tenant() {
     assert_eq!(loaded.messages[0].text, "for a");
     assert_eq!((loaded.conversation.last_seq, loaded.conversation.seq_reserved), (1, 0));
     assert_eq!(store.load("tenant-b", &b.id, 10).await.unwrap().messages[0].text, "for b");
-    let events = store.events_after("tenant-a", &a.id, 0).await.unwrap();
+    let events = replay(&store, "tenant-a", &a.id, 0).await;
     assert_eq!(seqs_of(&events), [1]);
 }
 
@@ -554,13 +569,34 @@ async fn checkpoints_append_once_even_when_retried_and_replay_seq_for_seq() {
         ["u1", "a1", "u2"]
     );
 
-    let events = store.events_after("t", &c.id, 0).await.unwrap();
+    let events = replay(&store, "t", &c.id, 0).await;
     assert_eq!(seqs_of(&events), [1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(events[3], ConversationEvent::Delta { seq: 4, text: " wo".into() });
     assert!(matches!(events[5], ConversationEvent::Ack { seq: 6, .. }));
     assert!(matches!(events[7], ConversationEvent::Done { seq: 8, .. }));
-    assert_eq!(store.events_after("t", &c.id, 5).await.unwrap(), events[5..].to_vec());
-    assert!(store.events_after("t", &c.id, 8).await.unwrap().is_empty());
+    assert_eq!(replay(&store, "t", &c.id, 5).await, events[5..].to_vec());
+    assert!(replay(&store, "t", &c.id, 8).await.is_empty());
+    // Read in pages of any size, from anywhere, the replay is the same.
+    for max_events in 1..=9 {
+        for after_seq in [0, 2, 5] {
+            let mut paged = Vec::new();
+            let mut from = after_seq;
+            loop {
+                let page = store.events_after("t", &c.id, from, max_events).await.unwrap();
+                assert!(page.events.len() <= max_events);
+                from = page.events.last().and_then(ConversationEvent::seq).unwrap_or(from);
+                paged.extend(page.events);
+                if page.complete {
+                    break;
+                }
+            }
+            assert_eq!(
+                paged,
+                events[after_seq as usize..],
+                "pages of {max_events} after {after_seq}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -587,7 +623,7 @@ async fn the_sweep_closes_dead_replies_after_their_reservation_and_spares_live_o
     let loaded = store.load("t", &dead.id, 10).await.unwrap();
     assert_eq!(loaded.messages[1].status, MessageStatus::Interrupted);
     assert_eq!(loaded.conversation.last_seq, 41);
-    let events = store.events_after("t", &dead.id, 0).await.unwrap();
+    let events = replay(&store, "t", &dead.id, 0).await;
     assert_eq!(seqs_of(&events), [1, 2, 3, 41], "the jump over the reserved seqs");
     assert!(matches!(events[3], ConversationEvent::Interrupted { seq: 41, .. }));
     let live = store.load("t", &live.id, 10).await.unwrap();
