@@ -7,10 +7,15 @@
 //! Each hash needs 19 MiB of working memory. Left to the allocator, a burst of logins left
 //! one such block resident in each glibc malloc arena that ran one (8 per core): +380 MiB
 //! on a 2-core node after 64 logins. The blocks are therefore kept in a small pool and reused,
-//! so what stays resident is one block per hash that ran at once (logins are gated to
-//! 2 × cores).
+//! so what stays resident is one block per hash that ran at once.
+//!
+//! At most 2 × cores hashes run at once ([`Argon2Gate`]). The permit travels with the work
+//! onto the blocking pool: a client that resets its connection mid-login drops its request,
+//! not the argon2 run it started, so resets cannot start runs beyond the gate.
 
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
+
+use tokio::sync::Semaphore;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
@@ -74,19 +79,55 @@ pub fn verify(password: &str, hash: &str) -> bool {
         && Output::new(&out).is_ok_and(|computed| computed == expected)
 }
 
+/// Bounds how many argon2 runs work at once, however their callers fare.
+#[derive(Clone)]
+pub struct Argon2Gate(Arc<Semaphore>);
+
+impl Argon2Gate {
+    pub fn new(permits: usize) -> Self {
+        Self(Arc::new(Semaphore::new(permits.max(1))))
+    }
+
+    /// Runs `work` on the blocking pool once a permit is free; the permit is released when
+    /// `work` returns, even if this future was dropped meanwhile. `None`: `work` panicked.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let permit = self.0.clone().acquire_owned().await.ok()?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .ok()
+    }
+
+    /// Permits not in use.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
+/// The node's gate: 2 × cores, at most [`POOLED_BLOCKS`] (so every run finds pooled memory).
+static GATE: LazyLock<Argon2Gate> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Argon2Gate::new((2 * cores).clamp(2, POOLED_BLOCKS))
+});
+
 /// [`hash`] on the blocking pool: argon2 is deliberately slow (tens of ms, far more in a
 /// debug build) and must not stall the HTTP worker's event loop.
 pub async fn hash_blocking(password: &str) -> anyhow::Result<String> {
     let password = password.to_owned();
-    tokio::task::spawn_blocking(move || hash(&password))
+    GATE.run(move || hash(&password))
         .await
-        .map_err(|e| anyhow::anyhow!("password hashing panicked: {e}"))?
+        .ok_or_else(|| anyhow::anyhow!("password hashing panicked"))?
 }
 
 /// [`verify`] on the blocking pool.
 pub async fn verify_blocking(password: &str, hash: &str) -> bool {
     let (password, hash) = (password.to_owned(), hash.to_owned());
-    tokio::task::spawn_blocking(move || verify(&password, &hash)).await.unwrap_or(false)
+    GATE.run(move || verify(&password, &hash)).await.unwrap_or(false)
 }
 
 /// A real hash of a random password, verified against when the account does not exist.
@@ -106,6 +147,34 @@ pub fn validate_new(password: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_dropped_caller_keeps_its_permit_until_the_hash_is_done() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::Duration;
+
+        let gate = Argon2Gate::new(1);
+        let finished = Arc::new(AtomicBool::new(false));
+        let first = {
+            let (gate, finished) = (gate.clone(), finished.clone());
+            tokio::spawn(async move {
+                gate.run(move || {
+                    std::thread::sleep(Duration::from_millis(300));
+                    finished.store(true, Ordering::SeqCst);
+                })
+                .await
+            })
+        };
+        while gate.available() > 0 {
+            tokio::task::yield_now().await;
+        }
+        // The client went away mid-hash: its request is dropped, its argon2 run is not.
+        first.abort();
+        assert_eq!(gate.available(), 0, "the run still holds the permit");
+        let after = gate.run(move || finished.load(Ordering::SeqCst)).await;
+        assert_eq!(after, Some(true), "the next run waited for the first to finish");
+        assert_eq!(gate.available(), 1);
+    }
 
     #[test]
     fn hashes_verify_and_differ_per_salt() {

@@ -41,7 +41,9 @@ struct LoginBody {
 
 /// Logins checked at once. Each runs argon2id, which holds 19 MiB and a core for tens of
 /// milliseconds, on the blocking pool (up to 512 threads): unchecked, a burst of logins — even
-/// failing ones — costs gigabytes. Past this many, a login waits its turn.
+/// failing ones — costs gigabytes. Past this many, a login waits its turn, and after
+/// [`LOGIN_QUEUE_WAIT`] is refused. (A login whose client resets is dropped here at once; its
+/// argon2 run keeps a permit of `passwords::Argon2Gate`, which bounds the runs themselves.)
 static LOGINS_IN_FLIGHT: LazyLock<Semaphore> = LazyLock::new(|| {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     Semaphore::new((2 * cores).clamp(2, 32))
@@ -66,7 +68,7 @@ async fn login(
         )
         .with_retry_after(Duration::from_secs(1)));
     };
-    let ip = req.peer_addr().map(|a| a.ip().to_string());
+    let ip = crate::http::connections::client_ip(&req).map(|ip| ip.to_string());
     let session = state
         .auth
         .login(Login {

@@ -18,6 +18,7 @@
 //!   not itself a trusted proxy) for as long as its response lasts — a WebSocket session or
 //!   an SSE stream included. Refusals there keep the proxy's connection open, since other
 //!   clients share it. `X-Forwarded-For` from anyone else is ignored: it is trivially forged.
+//!   [`client_ip`] gives other per-address checks (the login lockout) the same answer.
 //!
 //! IPv4-mapped IPv6 addresses count as IPv4; other IPv6 addresses count per /64, the block
 //! one subscriber typically holds.
@@ -30,13 +31,13 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use actix_web::ResponseError;
 use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Extensions, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::HeaderMap;
 use actix_web::middleware::Next;
 use actix_web::web::Bytes;
+use actix_web::{HttpRequest, ResponseError};
 use serde::Deserialize;
 
 use crate::config::LimitsConfig;
@@ -202,12 +203,13 @@ impl ConnectionLimiter {
 
     /// Called by actix for every accepted TCP connection.
     pub fn on_connect(self: &Arc<Self>, tcp: &actix_rt::net::TcpStream, data: &mut Extensions) {
-        if self.cap == 0 {
-            return;
-        }
         let Ok(peer) = tcp.peer_addr() else { return };
+        // Marked even with no cap: the login lockout needs to know whom a proxy forwards.
         if self.trusts(peer.ip()) {
             data.insert(ConnectionSlot::Proxy(self.clone()));
+            return;
+        }
+        if self.cap == 0 {
             return;
         }
         match self.acquire(peer.ip(), true) {
@@ -242,6 +244,17 @@ impl ConnectionLimiter {
     }
 }
 
+/// The address a request comes from: the forwarded client on a trusted proxy's connection,
+/// else the peer (per-address limits such as the login lockout key on it, so a proxy in
+/// front of the engine does not make every client one address).
+pub fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
+    let forwarded = match req.conn_data::<ConnectionSlot>() {
+        Some(ConnectionSlot::Proxy(limiter)) => limiter.forwarded_client(req.headers()),
+        _ => None,
+    };
+    forwarded.or_else(|| req.peer_addr().map(|a| a.ip()))
+}
+
 /// An `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:5`, `[::1]:5`).
 fn parse_forwarded(entry: &str) -> Option<IpAddr> {
     if let Ok(ip) = entry.parse() {
@@ -272,6 +285,7 @@ pub async fn admit(
             return Ok(req.into_response(response).map_into_right_body());
         }
         Some(ConnectionSlot::Proxy(limiter)) => match limiter.forwarded_client(req.headers()) {
+            _ if limiter.cap == 0 => None,
             None => None,
             Some(client) => match limiter.acquire(client, false) {
                 Some(held) => Some(held),

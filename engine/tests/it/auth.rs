@@ -389,6 +389,36 @@ async fn repeated_failed_logins_lock_the_account_with_generic_errors() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_the_login_lockout_counts_each_forwarded_client() {
+    // The test client connects from 127.0.0.1: here, the proxy.
+    let config = "[auth]\nlogin_ip_max_failures = 3\n\
+                  [limits]\ntrusted_proxies = [\"127.0.0.1\"]";
+    let app = spawn_app_with("", Scenario::default(), config);
+    let login_from = |client: &'static str, email: &'static str, password: &'static str| {
+        let url = app.url("/api/v1/auth/login");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("x-forwarded-for", client)
+                .json(&json!({"email": email, "password": password}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // One client guesses at three accounts: its address is locked out, even for a right
+    // password...
+    for n in 1..=3 {
+        let email = ["a@guess.test", "b@guess.test", "c@guess.test"][n - 1];
+        assert_eq!(login_from("198.51.100.7", email, "guess").await, 401);
+    }
+    assert_eq!(login_from("198.51.100.7", OWNER_EMAIL, OWNER_PASSWORD).await, 429);
+    // ...but not everyone else behind the same proxy.
+    assert_eq!(login_from("198.51.100.8", OWNER_EMAIL, OWNER_PASSWORD).await, 200);
+}
+
+#[tokio::test]
 async fn totp_enrolment_login_and_recovery_codes() {
     let app = spawn_app();
     let tenant = app.create_tenant("mfa").await;
