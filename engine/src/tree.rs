@@ -79,7 +79,13 @@ impl Tree {
         // The provider kind labels legs, metrics and spans; the actor would default to `mock`.
         for model in &config.models {
             let provider = model.endpoint.provider.as_str().to_owned();
-            let actor = actors::provider::ProviderActorConfig { provider, ..Default::default() };
+            let defaults = actors::provider::ProviderActorConfig::default();
+            let actor = actors::provider::ProviderActorConfig {
+                provider,
+                max_in_flight: model.max_in_flight.unwrap_or(defaults.max_in_flight),
+                queue_timeout_ms: model.queue_timeout_ms.unwrap_or(defaults.queue_timeout_ms),
+                ..defaults
+            };
             tree_config.models.insert(model.name.clone(), actor);
         }
         let provider_tree = ProviderTree::start(tree_config, adapters, &registry)

@@ -74,6 +74,9 @@ provider = "openai"
 upstream_model = "gpt-4o"
 base_url = "http://127.0.0.1:$FAKE_PORT/v1"
 api_key = "sk-fake"
+# 1,000 clients chatting continuously keep ~1,000 generations open at once: past the default
+# 256 per model, turns were refused as "overloaded" (75 % of them in the first 10k run).
+max_in_flight = 4000
 TOML
 
 DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/budget" \

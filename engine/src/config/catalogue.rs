@@ -42,6 +42,8 @@ pub fn default_models(providers: &ProvidersConfig) -> Vec<ModelConfig> {
                 .map(|f| (*f).to_owned())
                 .collect(),
             tier: None,
+            max_in_flight: None,
+            queue_timeout_ms: None,
             endpoint: EndpointSpec::new(*kind, *name),
         })
         .collect();
@@ -49,6 +51,8 @@ pub fn default_models(providers: &ProvidersConfig) -> Vec<ModelConfig> {
         name: MOCK_MODEL.to_owned(),
         fallbacks: Vec::new(),
         tier: None,
+        max_in_flight: None,
+        queue_timeout_ms: None,
         endpoint: EndpointSpec::new(ProviderKind::Mock, "mock-1"),
     });
     models

@@ -170,6 +170,11 @@ pub struct ModelConfig {
     /// How capable the model is, for `model: "auto"` (`economy`, `standard`, `premium`);
     /// unset: the catalogue's tier for known names, else `standard`.
     pub tier: Option<crate::routing::complexity::Tier>,
+    /// Generations this endpoint runs at once (default 256); a turn past it waits up to
+    /// `queue_timeout_ms` (default 50) for a slot, then moves to the next model or, at the end
+    /// of its chain, fails with `overloaded`. Raise it for an upstream that takes more.
+    pub max_in_flight: Option<usize>,
+    pub queue_timeout_ms: Option<u64>,
     pub endpoint: EndpointSpec,
 }
 
@@ -196,9 +201,16 @@ impl<'de> Deserialize<'de> for ModelConfig {
             ),
             None => None,
         };
+        let mut count = |key: &str| match table.remove(key) {
+            Some(toml::Value::Integer(n)) if n >= 1 => Ok(Some(n as u64)),
+            Some(_) => Err(D::Error::custom(format!("model `{name}`: {key} must be at least 1"))),
+            None => Ok(None),
+        };
+        let max_in_flight = count("max_in_flight")?.map(|n| n as usize);
+        let queue_timeout_ms = count("queue_timeout_ms")?;
         let endpoint = EndpointSpec::deserialize(toml::Value::Table(table))
             .map_err(|e| D::Error::custom(format!("model `{name}`: {e}")))?;
-        Ok(ModelConfig { name, fallbacks, tier, endpoint })
+        Ok(ModelConfig { name, fallbacks, tier, max_in_flight, queue_timeout_ms, endpoint })
     }
 }
 

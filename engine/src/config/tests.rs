@@ -67,6 +67,25 @@ fn base_url_variables_point_every_model_of_a_provider_elsewhere() {
 }
 
 #[test]
+fn a_models_in_flight_limit_is_set_per_model_and_must_be_positive() {
+    let model = |extra: &str| {
+        format!(
+            "[[models]]\nname = \"m\"\nprovider = \"openai_compatible\"\n\
+             upstream_model = \"x\"\nbase_url = \"http://127.0.0.1:9/v1\"\n{extra}"
+        )
+    };
+    let config = load(&model("max_in_flight = 2000\nqueue_timeout_ms = 5"), &[]).unwrap();
+    assert_eq!(
+        (config.models[0].max_in_flight, config.models[0].queue_timeout_ms),
+        (Some(2000), Some(5))
+    );
+    let config = load(&model(""), &[]).unwrap();
+    assert_eq!(config.models[0].max_in_flight, None);
+    let error = error_text(load(&model("max_in_flight = 0"), &[]));
+    assert!(error.contains("max_in_flight must be at least 1"), "{error}");
+}
+
+#[test]
 fn unknown_keys_are_rejected_by_name() {
     let text = error_text(load("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", &[]));
     assert!(text.contains("lisen"), "{text}");

@@ -6,7 +6,7 @@
 use loadtest::fake_llm::{Scenario, deterministic_text};
 use serde_json::{Value, json};
 
-use crate::app::{TestApp, spawn_app, spawn_app_with};
+use crate::app::{TestApp, spawn_app, spawn_app_configured, spawn_app_with};
 
 fn expected(prompt: &str, tokens: u32) -> String {
     deterministic_text(prompt, 0, tokens).concat()
@@ -129,6 +129,29 @@ async fn openai_completion_has_the_reference_shape_and_says_what_the_engine_did(
     let sent = app.fake.stats().last_request.unwrap().body;
     assert_eq!(sent["messages"][0], json!({"role": "system", "content": "Be brief."}));
     assert_eq!(sent["messages"][1]["content"], "Hello gateway");
+}
+
+#[tokio::test]
+async fn a_model_at_its_in_flight_limit_sends_the_next_turn_to_its_fallback() {
+    let slow = Scenario { ttft_ms: 1_500, ..Scenario::default() };
+    let app = spawn_app_configured("", slow, "", |config| {
+        let primary = config.models.iter_mut().find(|m| m.name == "primary").unwrap();
+        primary.max_in_flight = Some(1);
+        primary.queue_timeout_ms = Some(1);
+    });
+    let first_body = chat("first");
+    let first = post(&app, "/v1/chat/completions", &first_body, &[]);
+    let second = async {
+        // Once the first is upstream, the primary's only slot is taken.
+        while app.fake.stats().requests == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        post(&app, "/v1/chat/completions", &chat("second"), &[]).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    assert_eq!(header(&first, "x-switchyard-model").as_deref(), Some("primary"));
+    assert_eq!(header(&second, "x-switchyard-model").as_deref(), Some("fallback"), "primary full");
 }
 
 #[tokio::test]
