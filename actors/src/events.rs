@@ -75,8 +75,10 @@ pub enum ConversationEvent {
         message: String,
     },
     /// The assistant message was cut by a crash; found and closed when the conversation was
-    /// rebuilt. Its stored text is whatever was checkpointed.
-    Interrupted { seq: u64, message_id: String, reply_to: String },
+    /// rebuilt. Its stored text is whatever was checkpointed. The seqs after `lost_after` and
+    /// before `seq` will never be delivered: events streamed but lost with the crash, or seqs
+    /// reserved and never used. A client that misses seqs there has lost nothing it can get.
+    Interrupted { seq: u64, message_id: String, reply_to: String, lost_after: u64 },
 }
 
 impl ConversationEvent {

@@ -488,7 +488,12 @@ async fn a_reply_left_streaming_by_a_crash_is_marked_interrupted_on_rebuild() {
     assert_contiguous(&events, 1);
     assert_eq!(
         *events[3],
-        ConversationEvent::Interrupted { seq: 4, message_id: "a1".into(), reply_to: "u1".into() }
+        ConversationEvent::Interrupted {
+            seq: 4,
+            message_id: "a1".into(),
+            reply_to: "u1".into(),
+            lost_after: 3,
+        }
     );
     assert_eq!(text_of(&events), "Hello");
     let loaded = store.load("t1", &c.id, 10).await.unwrap();
@@ -828,11 +833,13 @@ async fn a_crash_never_reuses_the_seq_of_an_event_it_lost() {
     // A client that saw everything resumes: served (no resync), and told of the cut.
     let mut resumed = conv.subscribe(Some(max_seen)).await.unwrap();
     let next = read_n(&mut resumed, 1).await;
-    let ConversationEvent::Interrupted { seq: cut, .. } = *next[0] else {
+    let ConversationEvent::Interrupted { seq: cut, lost_after, .. } = *next[0] else {
         panic!("expected interrupted, got {:?}", next[0]);
     };
     assert!(cut > max_seen, "the interrupted event must not reuse a seen seq");
     assert_eq!(cut, stored.seq_reserved + 1);
+    // It names the range clients cannot get back: all the reply's seqs, none of them stored.
+    assert_eq!(lost_after, 1, "only the ack (seq 1) was stored");
     // From the start: the ack, then the honest jump to `interrupted`.
     let mut full = conv.subscribe(Some(0)).await.unwrap();
     let history = read_n(&mut full, 2).await;

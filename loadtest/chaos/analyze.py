@@ -14,7 +14,8 @@ started in; the driver's clock and the harness's differ by well under a second).
 - time to recover: from the end of the fault to the first second that starts 5 seconds in a
   row with a success rate >= 99 % (and some turns);
 - lost: acknowledged messages without a terminal event, duplicate terminals, seq holes
-  never filled (`lost_events`) and repeats (`duplicated_events`) over the whole run.
+  never filled (`lost_events`) and repeats (`duplicated_events`) over the whole run; seqs a
+  crash's `interrupted` event declared never to come are `skipped_events`, not holes.
 """
 import json
 import sys
@@ -62,6 +63,7 @@ def summarize(path, name, start, end):
         "duplicate_terminals": report.get("duplicate_terminals"),
         "lost_events": report["lost_events"],
         "duplicated_events": report["duplicated_events"],
+        "skipped_events": report.get("skipped_events", 0),
         "reconnects": report["reconnects"],
         "gap_resumes": report.get("gap_resumes"),
         "failovers": report["failovers"],
@@ -72,8 +74,8 @@ def summarize(path, name, start, end):
 def table(paths):
     print("| drill | turns in fault | success in fault | p99 TTFT in fault (baseline) | "
           "recovery | acked w/o terminal | dup. terminals | seq holes / repeats | "
-          "reconnects | failovers | errors by code |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+          "skipped by crash | reconnects | failovers | errors by code |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for path in paths:
         s = json.load(open(path))
         rate = s["success_rate_in_window"]
@@ -84,7 +86,8 @@ def table(paths):
               f"{s['ttft_p99_in_window_ms']:.0f} ms ({s['ttft_p99_baseline_ms']:.0f} ms) | "
               f"{'not within the run' if rec is None else f'{rec:.0f} s'} | "
               f"{s['acked_without_terminal']} | {s['duplicate_terminals']} | "
-              f"{s['lost_events']} / {s['duplicated_events']} | {s['reconnects']} | "
+              f"{s['lost_events']} / {s['duplicated_events']} | "
+              f"{s.get('skipped_events', 0)} | {s['reconnects']} | "
               f"{s['failovers']} | {codes} |")
 
 

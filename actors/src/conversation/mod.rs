@@ -580,6 +580,7 @@ mod tests {
             seq: 2,
             message_id: "a2".into(),
             reply_to: "u1".into(),
+            lost_after: 1,
         };
         assert!(
             matches!(c.feed(&cut), Some(Err(ConversationError::Turn { code, .. })) if code == "interrupted")

@@ -291,6 +291,13 @@ impl StoredMessage {
         out
     }
 
+    /// The seq of the last event stored before the terminal one (`first_seq - 1` if none).
+    fn last_stored_seq(&self) -> u64 {
+        let mut seqs = SeqCursor { next: self.first_seq, foreign: &self.foreign_seqs };
+        let stored = self.delta_ends.len() + self.switches.len();
+        (0..stored).map(|_| seqs.take()).last().unwrap_or(self.first_seq.saturating_sub(1))
+    }
+
     /// The event that closed this reply, if it is closed.
     fn terminal_event(&self) -> Option<ConversationEvent> {
         let reply_to = self.reply_to.clone().unwrap_or_default();
@@ -310,9 +317,12 @@ impl StoredMessage {
                 // The routing decision lives in the cost ledger, not the message.
                 route: None,
             }),
-            MessageStatus::Interrupted => {
-                Some(ConversationEvent::Interrupted { seq, message_id, reply_to })
-            }
+            MessageStatus::Interrupted => Some(ConversationEvent::Interrupted {
+                seq,
+                message_id,
+                reply_to,
+                lost_after: self.last_stored_seq(),
+            }),
             MessageStatus::Cancelled | MessageStatus::Failed => {
                 let error = self.error.clone().unwrap_or_else(|| StoredError {
                     code: "internal".into(),

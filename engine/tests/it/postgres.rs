@@ -969,6 +969,16 @@ url = "{}"
             .filter(|f| !by_seq.contains_key(&f["seq"].as_u64().unwrap()))
             .collect();
         assert!(missing.iter().all(|f| f["type"] == "delta"), "conversation {i}: lost {missing:?}");
+        // And only inside the range the `interrupted` event names as never to be delivered.
+        let (lost_after, cut_seq) =
+            (full[jump]["lost_after"].as_u64().unwrap(), full[jump]["seq"].as_u64().unwrap());
+        assert!(
+            missing
+                .iter()
+                .map(|f| f["seq"].as_u64().unwrap())
+                .all(|s| s > lost_after && s < cut_seq),
+            "conversation {i}: lost {missing:?} outside ({lost_after}, {cut_seq})"
+        );
         lost_events += missing.len();
 
         // Every acknowledged message is in the store; the cut reply reads as interrupted.

@@ -70,6 +70,8 @@ pub struct Report {
     pub errors_by_code: BTreeMap<String, u64>,
     pub lost_events: u64,
     pub duplicated_events: u64,
+    /// Seqs a crash's `interrupted` event declared never to come (not counted as lost).
+    pub skipped_events: u64,
     pub reconnects: u64,
     /// `resume`s sent on a live socket after a seq hole or a silent turn.
     pub gap_resumes: u64,
@@ -125,6 +127,7 @@ impl Report {
             errors_by_code: stats.errors.clone(),
             lost_events: stats.lost_events,
             duplicated_events: stats.duplicated_events,
+            skipped_events: stats.skipped_events,
             reconnects: stats.reconnects,
             gap_resumes: stats.gap_resumes,
             acked_without_terminal: stats.acked_without_terminal,
@@ -179,11 +182,19 @@ impl Report {
             self.failovers,
             self.cache_hits
         );
-        if self.gap_resumes + self.acked_without_terminal + self.duplicate_terminals > 0 {
+        if self.gap_resumes
+            + self.acked_without_terminal
+            + self.duplicate_terminals
+            + self.skipped_events
+            > 0
+        {
             let _ = writeln!(
                 out,
-                "gap resumes {}   acked without terminal {}   duplicate terminals {}",
-                self.gap_resumes, self.acked_without_terminal, self.duplicate_terminals
+                "gap resumes {}   acked without terminal {}   duplicate terminals {}   skipped by a crash {}",
+                self.gap_resumes,
+                self.acked_without_terminal,
+                self.duplicate_terminals,
+                self.skipped_events
             );
         }
         let _ = writeln!(

@@ -87,6 +87,7 @@ async fn client_loop(
     recorder.with(|s| {
         s.lost_events += seq.lost;
         s.duplicated_events += seq.duplicated;
+        s.skipped_events += seq.skipped;
     });
     progress.disconnected();
 }

@@ -37,6 +37,9 @@ pub struct Stats {
     pub lost_events: u64,
     /// Sequence numbers seen twice.
     pub duplicated_events: u64,
+    /// Sequence numbers an `interrupted` event declared never to be delivered (a crash's jump
+    /// over seqs lost with the node or reserved and never used): missing, but not lost.
+    pub skipped_events: u64,
     /// Peak of connections open at once.
     pub connections_held: u64,
     /// Times a client was dropped by the server mid-run and reconnected with `resume`.
@@ -72,6 +75,7 @@ impl Default for Stats {
             errors: BTreeMap::new(),
             lost_events: 0,
             duplicated_events: 0,
+            skipped_events: 0,
             connections_held: 0,
             reconnects: 0,
             gap_resumes: 0,
@@ -152,6 +156,7 @@ impl Stats {
         }
         self.lost_events += other.lost_events;
         self.duplicated_events += other.duplicated_events;
+        self.skipped_events += other.skipped_events;
         self.connections_held = self.connections_held.max(other.connections_held);
         self.reconnects += other.reconnects;
         self.gap_resumes += other.gap_resumes;
@@ -193,6 +198,8 @@ pub struct SeqCheck {
     written_off: u64,
     pub lost: u64,
     pub duplicated: u64,
+    /// Missing seqs the engine declared will never come ([`SeqCheck::forgive`]).
+    pub skipped: u64,
 }
 
 /// Where a `resume` stands: frames sent before it was served, then the replay, then live.
@@ -232,6 +239,25 @@ impl SeqCheck {
             }
             return false;
         }
+        self.record(seq);
+        true
+    }
+
+    /// The engine declared that the seqs after `after` and before `before` will never come
+    /// (an `interrupted` event's `lost_after`): those not seen yet count as `skipped`, and
+    /// are no hole to resume for.
+    pub fn forgive(&mut self, after: u64, before: u64) {
+        let Some(floor) = self.floor else { return };
+        for seq in after.max(floor) + 1..before {
+            if !self.above.contains(&seq) {
+                self.skipped += 1;
+                self.record(seq);
+            }
+        }
+    }
+
+    /// Marks an unseen `seq` seen.
+    fn record(&mut self, seq: u64) {
         self.max = Some(self.max.map_or(seq, |m| m.max(seq)));
         match self.floor {
             None => self.floor = Some(seq),
@@ -252,7 +278,6 @@ impl SeqCheck {
             }
         }
         self.lost = self.written_off + self.holes();
-        true
     }
 
     /// Seqs missing between the floor and the highest seen.
@@ -393,6 +418,26 @@ mod tests {
         }
         assert_eq!((check.lost, check.duplicated), (2, 0));
         assert!(!check.needs_resume(), "one resume per hole");
+    }
+
+    #[test]
+    fn a_jump_the_engine_declares_is_skipped_not_lost() {
+        let mut check = SeqCheck::default();
+        for seq in [1, 2, 3, 4] {
+            check.observe(seq);
+        }
+        // Deltas 5–6 were stored, 7–9 streamed but lost with a crash: the client saw none of
+        // them. `interrupted` at 40 says nothing after 6 will come before it.
+        check.forgive(6, 40);
+        check.observe(40);
+        assert_eq!((check.lost, check.skipped), (2, 33), "5 and 6 are lost: the store has them");
+        assert!(check.needs_resume(), "and a resume fetches them");
+        check.resumed();
+        for seq in [5, 6, 40, 41] {
+            check.observe(seq);
+        }
+        assert_eq!((check.lost, check.skipped, check.duplicated), (0, 33, 0));
+        assert_eq!(check.last(), Some(41));
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct Frame<'a> {
     pub client_id: Option<&'a str>,
     pub message_id: Option<&'a str>,
     pub reply_to: Option<&'a str>,
+    /// On `interrupted`: the seqs after it and before the event's own will never come.
+    pub lost_after: Option<u64>,
 }
 
 /// One connection's record of which messages already got their terminal event, to catch a
@@ -88,6 +90,9 @@ impl TurnTracker {
         seq: &mut SeqCheck,
         ledger: &mut Ledger,
     ) -> Progress {
+        if let (Some(n), Some(after)) = (frame.seq, frame.lost_after) {
+            seq.forgive(after, n);
+        }
         if let Some(n) = frame.seq
             && !seq.observe(n)
         {

@@ -320,6 +320,7 @@ impl Connection {
         self.recorder.with(|s| {
             s.lost_events += seq.lost;
             s.duplicated_events += seq.duplicated;
+            s.skipped_events += seq.skipped;
             s.duplicate_terminals += ledger.duplicate_terminals;
         });
     }
