@@ -307,6 +307,7 @@ mod tests {
             seq,
             message_id: "a".into(),
             reply_to: "u".into(),
+            lost_after: 0,
         })
     }
 
