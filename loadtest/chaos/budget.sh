@@ -5,6 +5,7 @@
 #
 #   loadtest/chaos/budget.sh --report /tmp/10k.json
 #   PERF=1 loadtest/chaos/budget.sh ...   # also `perf record -g` the engine for 30 s at load
+#   BUDGET_PG_OPTS="-c synchronous_commit=off" loadtest/chaos/budget.sh ...   # PostgreSQL flags
 #
 # Raises the open-file limit to 20,000 (the machine's hard limit) for every process it starts.
 # Results and the commands behind them: docs/benchmarks.md, "10k connections — issue 10".
@@ -41,7 +42,7 @@ mkdir -p "$WORK/pg" "$WORK/pgsock" "$WORK/pglog"
 chown postgres "$WORK/pg" "$WORK/pgsock" "$WORK/pglog"
 runuser -u postgres -- "$PG_BIN/initdb" -D "$WORK/pg" -A trust -U postgres >/dev/null
 runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pglog/pg.log" -w \
-  -o "-p $PG_PORT -k $WORK/pgsock -c listen_addresses=127.0.0.1" start >/dev/null
+  -o "-p $PG_PORT -k $WORK/pgsock -c listen_addresses=127.0.0.1 ${BUDGET_PG_OPTS:-}" start >/dev/null
 runuser -u postgres -- "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" budget
 
 "$BIN_DIR/fake-llm" --listen "127.0.0.1:$FAKE_PORT" --token-delay-ms 20 --tokens 40 \
