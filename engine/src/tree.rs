@@ -117,9 +117,16 @@ impl Tree {
         let costs = Costs::new(config, provider_tree.router.clone(), pool);
         costs.start();
         let runner: Arc<dyn TurnRunner> = Arc::new(MeteredRunner::new(cached, costs.clone()));
+        let defaults = ConversationConfig::default();
         let conversation_config = ConversationConfig {
             subscriber_buffer: config.limits.ws_outbox_events,
-            ..ConversationConfig::default()
+            checkpoint_interval: config
+                .database
+                .as_ref()
+                .map_or(defaults.checkpoint_interval, |d| {
+                    std::time::Duration::from_millis(d.checkpoint_interval_ms)
+                }),
+            ..defaults
         };
         let mut deps = ConversationDeps::new(
             store.clone(),

@@ -6,6 +6,7 @@
 #   loadtest/chaos/budget.sh --report /tmp/10k.json
 #   PERF=1 loadtest/chaos/budget.sh ...   # also `perf record -g` the engine for 30 s at load
 #   BUDGET_PG_OPTS="-c synchronous_commit=off" loadtest/chaos/budget.sh ...   # PostgreSQL flags
+#   BUDGET_CHECKPOINT_MS=1000 loadtest/chaos/budget.sh ...   # database.checkpoint_interval_ms
 #
 # Raises the open-file limit to 20,000 (the machine's hard limit) for every process it starts.
 # Results and the commands behind them: docs/benchmarks.md, "10k connections — issue 10".
@@ -60,6 +61,10 @@ log_level = "warn"
 tenant_requests_per_minute = 0
 user_requests_per_minute = 0
 key_requests_per_minute = 0
+
+[database]
+url = "postgres://postgres@127.0.0.1:$PG_PORT/budget"
+checkpoint_interval_ms = ${BUDGET_CHECKPOINT_MS:-250}
 
 [limits]
 max_connections_per_ip = 0

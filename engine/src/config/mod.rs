@@ -299,6 +299,11 @@ pub struct DatabaseConfig {
     /// write at least every 10 s).
     #[serde(default = "DatabaseConfig::default_sweep_stale_after_secs")]
     pub sweep_stale_after_secs: u64,
+    /// How often a streaming reply's new text is written: the most of a reply a crash can
+    /// lose, against one `UPDATE` per open reply per interval (at 1,000 open replies and
+    /// 250 ms, 4,000 a second — `docs/benchmarks.md`, "10k connections").
+    #[serde(default = "DatabaseConfig::default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
 }
 
 impl DatabaseConfig {
@@ -311,6 +316,7 @@ impl DatabaseConfig {
             migrate_on_start: true,
             sweep_interval_secs: Self::default_sweep_interval_secs(),
             sweep_stale_after_secs: Self::default_sweep_stale_after_secs(),
+            checkpoint_interval_ms: Self::default_checkpoint_interval_ms(),
         }
     }
 
@@ -336,6 +342,10 @@ impl DatabaseConfig {
 
     fn default_sweep_stale_after_secs() -> u64 {
         30
+    }
+
+    fn default_checkpoint_interval_ms() -> u64 {
+        250
     }
 }
 
@@ -682,6 +692,9 @@ impl Config {
             }
             if database.statement_timeout_ms == 0 || database.connect_timeout_ms == 0 {
                 bail!("database.statement_timeout_ms / connect_timeout_ms: must be positive");
+            }
+            if !(10..=5_000).contains(&database.checkpoint_interval_ms) {
+                bail!("database.checkpoint_interval_ms: between 10 and 5000");
             }
             if database.sweep_stale_after_secs < 15 {
                 bail!(

@@ -86,6 +86,21 @@ fn a_models_in_flight_limit_is_set_per_model_and_must_be_positive() {
 }
 
 #[test]
+fn the_checkpoint_interval_is_a_database_option_within_bounds() {
+    let with = |ms: u64| {
+        load(
+            &format!("[database]\nurl = \"postgres://db/x\"\ncheckpoint_interval_ms = {ms}\n"),
+            &[],
+        )
+    };
+    assert_eq!(with(1000).unwrap().database.unwrap().checkpoint_interval_ms, 1000);
+    let error = error_text(with(0));
+    assert!(error.contains("database.checkpoint_interval_ms"), "{error}");
+    let default = load("[database]\nurl = \"postgres://db/x\"\n", &[]).unwrap();
+    assert_eq!(default.database.unwrap().checkpoint_interval_ms, 250);
+}
+
+#[test]
 fn unknown_keys_are_rejected_by_name() {
     let text = error_text(load("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", &[]));
     assert!(text.contains("lisen"), "{text}");
