@@ -25,8 +25,8 @@ use crate::events::CacheStatus;
 use crate::ports::llm::Role;
 use crate::ports::store::{
     AssistantOutcome, AssistantProgress, Conversation, ConversationPage, ConversationSettings,
-    ConversationStore, EventsPage, ListQuery, LoadedConversation, MESSAGES_PER_PAGE, MessageStatus,
-    NewUserMessage, StoreError, StoreFuture, StoredMessage, page_of_events,
+    ConversationStore, EventsPage, ListQuery, LoadedConversation, MessageStatus, NewUserMessage,
+    StoreError, StoreFuture, StoredMessage, page_of_events,
 };
 
 #[derive(Default, Clone)]
@@ -395,11 +395,7 @@ impl ConversationStore for InMemoryConversationStore {
                         && m.last_seq <= after_seq
                 })
                 .map_or(0, |i| i + 1);
-            let mut newer: Vec<&StoredMessage> =
-                c.messages[start..].iter().filter(|m| m.last_seq > after_seq).collect();
-            newer.sort_by_key(|m| m.first_seq);
-            newer.truncate(MESSAGES_PER_PAGE + 1);
-            Ok(page_of_events(&newer, after_seq, max_events))
+            Ok(page_of_events(c.messages[start..].iter().collect(), after_seq, max_events))
         }))
     }
 }

@@ -406,9 +406,10 @@ pub struct EventsPage {
     pub complete: bool,
 }
 
-/// The page of events after `after_seq`, at most `max_events` long. `messages` are those with
-/// `last_seq > after_seq`, ordered by `first_seq`, at most [`MESSAGES_PER_PAGE`] + 1 of them
-/// (what a store reads with `ORDER BY first_seq LIMIT`).
+/// The page of events after `after_seq`, at most `max_events` long. `messages` must include
+/// every message with `last_seq > after_seq`, in any order, or the first
+/// [`MESSAGES_PER_PAGE`] + 1 of them by `first_seq` (what a store reads with
+/// `ORDER BY first_seq LIMIT`); others are skipped.
 ///
 /// The extra message bounds the page: every seq from its `first_seq` on may belong to
 /// messages not read yet (an ack inside a reply's range sorts after the reply), so the page
@@ -416,13 +417,16 @@ pub struct EventsPage {
 /// time, so at most the first message starts at or before `after_seq`, and a page of two or
 /// more messages always moves forward.
 pub fn page_of_events(
-    messages: &[&StoredMessage],
+    mut messages: Vec<&StoredMessage>,
     after_seq: u64,
     max_events: usize,
 ) -> EventsPage {
+    messages.retain(|m| m.last_seq > after_seq);
+    messages.sort_by_key(|m| m.first_seq);
+    messages.truncate(MESSAGES_PER_PAGE + 1);
     let (read, boundary) = match messages.get(MESSAGES_PER_PAGE) {
         Some(next) => (&messages[..MESSAGES_PER_PAGE], Some(next.first_seq)),
-        None => (messages, None),
+        None => (&messages[..], None),
     };
     let max_events = max_events.max(1);
     // One more than a page tells a full last page from a cut one.
@@ -664,11 +668,7 @@ mod tests {
     fn all_pages(messages: &[StoredMessage], mut after_seq: u64, max_events: usize) -> Vec<u64> {
         let mut seqs = Vec::new();
         loop {
-            let mut newer: Vec<&StoredMessage> =
-                messages.iter().filter(|m| m.last_seq > after_seq).collect();
-            newer.sort_by_key(|m| m.first_seq);
-            newer.truncate(MESSAGES_PER_PAGE + 1);
-            let page = page_of_events(&newer, after_seq, max_events);
+            let page = page_of_events(messages.iter().collect(), after_seq, max_events);
             assert!(page.events.len() <= max_events.max(1));
             seqs.extend(page.events.iter().filter_map(ConversationEvent::seq));
             if page.complete {

@@ -284,8 +284,9 @@ pub async fn admit(
             response.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
             return Ok(req.into_response(response).map_into_right_body());
         }
+        // Proxies are marked even with no cap (for `client_ip`); then there is nothing to count.
+        Some(ConnectionSlot::Proxy(limiter)) if limiter.cap == 0 => None,
         Some(ConnectionSlot::Proxy(limiter)) => match limiter.forwarded_client(req.headers()) {
-            _ if limiter.cap == 0 => None,
             None => None,
             Some(client) => match limiter.acquire(client, false) {
                 Some(held) => Some(held),

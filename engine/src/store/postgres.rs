@@ -685,8 +685,7 @@ impl ConversationStore for PgConversationStore {
                 return Ok(EventsPage { events: Vec::new(), complete: true });
             }
             let messages = rows.iter().map(message_from).collect::<Result<Vec<_>, _>>()?;
-            let messages: Vec<&StoredMessage> = messages.iter().collect();
-            Ok(page_of_events(&messages, after_seq, max_events))
+            Ok(page_of_events(messages.iter().collect(), after_seq, max_events))
         })
     }
 }
