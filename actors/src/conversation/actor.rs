@@ -565,8 +565,6 @@ impl ConversationActor {
     /// reply cut by a crash — even one that had not checkpointed yet — and its reservation.
     fn begin_reply(&mut self, ctx: &mut Context<Self>) {
         let Some(turn) = self.current.as_ref() else { return };
-        let store = self.deps.store.clone();
-        let (tenant, id) = (self.tenant_id.clone(), self.conversation.id.clone());
         let progress = AssistantProgress {
             message_id: turn.message_id.clone(),
             reply_to: turn.reply_to.clone(),
@@ -577,13 +575,12 @@ impl ConversationActor {
         };
         let reserve_to = self.reservation_target();
         let turn_id = turn.turn;
-        let write = async move {
-            store.checkpoint_assistant(&tenant, &id, progress).await?;
-            match reserve_to {
-                Some(up_to) => store.reserve_seqs(&tenant, &id, up_to).await.map(Some),
-                None => Ok(None),
-            }
-        };
+        let write = self.deps.store.open_reply(
+            &self.tenant_id,
+            &self.conversation.id,
+            progress,
+            reserve_to,
+        );
         ctx.wait(write.into_actor(self).map(move |result, act, ctx| match result {
             Ok(reserved) => act.reserved = act.reserved.max(reserved.unwrap_or(0)),
             Err(error) => act.reservation_failed(ctx, turn_id, error),

@@ -540,6 +540,29 @@ pub trait ConversationStore: Send + Sync + 'static {
         progress: AssistantProgress,
     ) -> StoreFuture<()>;
 
+    /// Creates a reply's empty `streaming` record before its first event and, with
+    /// `reserve_to`, raises the seq reservation to it (as [`Self::reserve_seqs`]); answers
+    /// the reservation now stored when one was asked for. The turn's first event waits for
+    /// this, so a store that can do both in one write should: the default makes the two
+    /// calls in turn.
+    fn open_reply(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        progress: AssistantProgress,
+        reserve_to: Option<u64>,
+    ) -> StoreFuture<Option<u64>> {
+        let record = self.checkpoint_assistant(tenant_id, conversation_id, progress);
+        let reserve = reserve_to.map(|up_to| self.reserve_seqs(tenant_id, conversation_id, up_to));
+        Box::pin(async move {
+            record.await?;
+            match reserve {
+                Some(reserve) => reserve.await.map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
     /// Appends the last part of a reply and records how it ended.
     fn finish_assistant(
         &self,

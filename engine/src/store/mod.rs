@@ -4,6 +4,8 @@
 //!   port on PostgreSQL (deadpool-postgres pool, cached prepared statements, every query
 //!   scoped by `tenant_id`, a statement timeout plus a client-side deadline), and the crash
 //!   sweep that closes replies left `streaming` by a node that died.
+//! * [`checkpoints`]: mid-stream reply checkpoints from every conversation, written as one
+//!   statement per batch.
 //! * [`migrate`]: the SQL in `migrations/`, embedded and applied at start and by
 //!   `switchyard migrate`.
 //!
@@ -11,6 +13,7 @@
 //! `[database]` is set, otherwise the in-memory store (logged loudly: nothing persists). The
 //! health endpoint asks it whether the store is reachable.
 
+mod checkpoints;
 pub mod migrate;
 pub mod postgres;
 

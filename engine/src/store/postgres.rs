@@ -18,6 +18,7 @@
 //!   actor): a live reply writes at least every `checkpoint_heartbeat`, so one untouched for
 //!   `stale_after` is dead.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actors::events::CacheStatus;
@@ -37,6 +38,7 @@ use serde::de::DeserializeOwned;
 use tokio_postgres::types::Json;
 use tokio_postgres::{NoTls, Row};
 
+use super::checkpoints::{Checkpoint, CheckpointQueue};
 use crate::config::DatabaseConfig;
 
 /// The conversation store on PostgreSQL. Cheap to clone (the pool is shared).
@@ -45,6 +47,8 @@ pub struct PgConversationStore {
     pool: Pool,
     /// Client-side bound on one whole call.
     deadline: Duration,
+    /// Every conversation's mid-stream checkpoints, written together.
+    checkpoints: Arc<CheckpointQueue>,
 }
 
 impl std::fmt::Debug for PgConversationStore {
@@ -56,11 +60,11 @@ impl std::fmt::Debug for PgConversationStore {
 
 /// A database failure as the port reports it. Server messages are ours (SQL errors), never
 /// the connection string.
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("database: {e}"))
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(super) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -146,19 +150,12 @@ fn message_from(row: &Row) -> Result<StoredMessage, StoreError> {
     })
 }
 
-/// Creates-or-appends a streaming reply. Idempotent: a retried chunk (the row already at or
-/// past its `last_seq`) changes nothing, and nothing is appended to a closed reply. The
-/// conversation's `last_seq` follows. Answers how many conversations matched (0: not this
-/// tenant's, or deleted).
-const UPSERT_REPLY: &str = "\
-WITH c AS (
-    UPDATE conversations SET last_seq = GREATEST(last_seq, $6), updated_at = now()
-    WHERE tenant_id = $1 AND id = $2 RETURNING id
-), reply AS (
-    INSERT INTO messages (tenant_id, conversation_id, id, role, status, reply_to, model, text,
-                          delta_ends, switches, foreign_seqs, first_seq, last_seq)
-    SELECT $1, $2, $3, 'assistant', 'streaming', $4, $5, $7, $8, $9, $10, $11, $6 FROM c
-    ON CONFLICT (tenant_id, conversation_id, id) DO UPDATE SET
+/// How every reply write appends to a reply already stored. Idempotent: a retried chunk (the
+/// row already at or past its `last_seq`) changes nothing, and nothing is appended to a
+/// closed reply. An empty chunk at the stored `last_seq` (the record written again) passes.
+macro_rules! append_to_streaming_reply {
+    () => {
+        "ON CONFLICT (tenant_id, conversation_id, id) DO UPDATE SET
         text = messages.text || EXCLUDED.text,
         delta_ends = messages.delta_ends || EXCLUDED.delta_ends,
         switches = messages.switches || EXCLUDED.switches,
@@ -168,18 +165,93 @@ WITH c AS (
     WHERE messages.status = 'streaming'
       AND (messages.last_seq < EXCLUDED.last_seq
            OR (EXCLUDED.text = '' AND EXCLUDED.delta_ends = '{}' AND EXCLUDED.switches = '[]'
-               AND EXCLUDED.foreign_seqs = '{}'))
+               AND EXCLUDED.foreign_seqs = '{}'))"
+    };
+}
+pub(super) use append_to_streaming_reply;
+
+/// A reply's record before its first event (or any part of it, appended), with the seq
+/// reservation raised to `$12` when that is not NULL — one statement, because the turn's
+/// first event waits for it. The conversation's `last_seq` follows. Answers the stored
+/// reservation; no row when the conversation is not this tenant's, or deleted.
+const OPEN_REPLY: &str = concat!(
+    "WITH c AS (
+    UPDATE conversations SET last_seq = GREATEST(last_seq, $6),
+        seq_reserved = GREATEST(seq_reserved, COALESCE($12::int8, 0)), updated_at = now()
+    WHERE tenant_id = $1 AND id = $2 RETURNING seq_reserved
+), reply AS (
+    INSERT INTO messages (tenant_id, conversation_id, id, role, status, reply_to, model, text,
+                          delta_ends, switches, foreign_seqs, first_seq, last_seq)
+    SELECT $1, $2, $3, 'assistant', 'streaming', $4, $5, $7, $8, $9, $10, $11, $6 FROM c
+    ",
+    append_to_streaming_reply!(),
+    "
+    RETURNING 1
+)
+SELECT seq_reserved FROM c"
+);
+
+/// Appends a reply's last part and closes it, in one statement. Only a reply still
+/// `streaming` is touched, so a retried finish changes nothing; a part already stored (its
+/// `last_seq` reached, as after a checkpoint whose answer was lost) is not appended again.
+/// Answers how many conversations matched (0: not this tenant's, or deleted).
+const FINISH_REPLY: &str = "\
+WITH c AS (
+    UPDATE conversations SET last_seq = GREATEST(last_seq, $6), updated_at = now()
+    WHERE tenant_id = $1 AND id = $2 RETURNING id
+), reply AS (
+    INSERT INTO messages (tenant_id, conversation_id, id, role, status, reply_to, model, text,
+                          delta_ends, switches, foreign_seqs, first_seq, last_seq,
+                          input_tokens, output_tokens, finish_reason, error_code, error_message,
+                          cost_micros, cache)
+    SELECT $1, $2, $3, 'assistant', $12, $4, COALESCE($13, $5), $7, $8, $9, $10, $11, $6,
+           $14, $15, $16, $17, $18, $19, $20 FROM c
+    ON CONFLICT (tenant_id, conversation_id, id) DO UPDATE SET
+        text = CASE WHEN messages.last_seq < EXCLUDED.last_seq
+                    THEN messages.text || EXCLUDED.text ELSE messages.text END,
+        delta_ends = CASE WHEN messages.last_seq < EXCLUDED.last_seq
+                          THEN messages.delta_ends || EXCLUDED.delta_ends
+                          ELSE messages.delta_ends END,
+        switches = CASE WHEN messages.last_seq < EXCLUDED.last_seq
+                        THEN messages.switches || EXCLUDED.switches ELSE messages.switches END,
+        foreign_seqs = CASE WHEN messages.last_seq < EXCLUDED.last_seq
+                            THEN messages.foreign_seqs || EXCLUDED.foreign_seqs
+                            ELSE messages.foreign_seqs END,
+        status = EXCLUDED.status, model = COALESCE($13, messages.model),
+        input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
+        finish_reason = EXCLUDED.finish_reason, error_code = EXCLUDED.error_code,
+        error_message = EXCLUDED.error_message, cost_micros = EXCLUDED.cost_micros,
+        cache = EXCLUDED.cache, last_seq = GREATEST(messages.last_seq, EXCLUDED.last_seq),
+        updated_at = now()
+    WHERE messages.status = 'streaming'
     RETURNING 1
 )
 SELECT count(*) FROM c";
 
-/// Closes a streaming reply (after [`UPSERT_REPLY`] appended its last part, in the same
-/// transaction). Only a reply still `streaming` is closed: a retry changes nothing.
-const CLOSE_REPLY: &str = "\
-UPDATE messages SET status = $4, model = COALESCE($5, model), input_tokens = $6,
-    output_tokens = $7, finish_reason = $8, error_code = $9, error_message = $10,
-    cost_micros = $11, cache = $12, last_seq = GREATEST(last_seq, $13), updated_at = now()
-WHERE tenant_id = $1 AND conversation_id = $2 AND id = $3 AND status = 'streaming'";
+/// The parameters every reply write starts with (`$1`–`$11` of [`OPEN_REPLY`] and
+/// [`FINISH_REPLY`]); `model` is the requested one unless the finish knows better.
+struct ReplyParams {
+    delta_ends: Vec<i32>,
+    foreign_seqs: Vec<i64>,
+    last_seq: i64,
+    first_seq: i64,
+}
+
+impl ReplyParams {
+    fn of(progress: &AssistantProgress) -> ReplyParams {
+        let chunk = &progress.chunk;
+        ReplyParams {
+            delta_ends: chunk
+                .delta_ends
+                .iter()
+                .map(|e| i32::try_from(*e).unwrap_or(i32::MAX))
+                .collect(),
+            foreign_seqs: chunk.foreign_seqs.iter().copied().map(to_i64).collect(),
+            last_seq: to_i64(progress.last_seq),
+            first_seq: to_i64(progress.first_seq),
+        }
+    }
+}
 
 impl PgConversationStore {
     /// Builds the pool (connections open lazily, on first use). `statement_timeout` is set
@@ -209,7 +281,7 @@ impl PgConversationStore {
             .context("failed to build the database pool")?;
         let deadline =
             Duration::from_millis(config.statement_timeout_ms + config.connect_timeout_ms + 1000);
-        Ok(PgConversationStore { pool, deadline })
+        Ok(PgConversationStore { pool, deadline, checkpoints: Arc::default() })
     }
 
     /// The connection pool, shared with the cost ledger (`crate::costs`).
@@ -330,53 +402,13 @@ impl PgConversationStore {
     }
 }
 
-async fn bounded<T>(
+pub(super) async fn bounded<T>(
     deadline: Duration,
     work: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     tokio::time::timeout(deadline, work)
         .await
         .unwrap_or_else(|_| Err(StoreError::Unavailable("database: timed out".into())))
-}
-
-/// Binds the parameters of [`UPSERT_REPLY`] and runs it; `NotFound` when the conversation
-/// is not this tenant's.
-async fn upsert_reply(
-    client: &impl deadpool_postgres::GenericClient,
-    tenant: &str,
-    conversation: &str,
-    progress: &AssistantProgress,
-    model: Option<&str>,
-) -> Result<(), StoreError> {
-    let statement = client.prepare_cached(UPSERT_REPLY).await.map_err(unavailable)?;
-    let chunk = &progress.chunk;
-    let delta_ends: Vec<i32> =
-        chunk.delta_ends.iter().map(|e| i32::try_from(*e).unwrap_or(i32::MAX)).collect();
-    let foreign: Vec<i64> = chunk.foreign_seqs.iter().copied().map(to_i64).collect();
-    let model = model.unwrap_or(&progress.requested_model);
-    let row = client
-        .query_one(
-            &statement,
-            &[
-                &tenant,
-                &conversation,
-                &progress.message_id,
-                &progress.reply_to,
-                &model,
-                &to_i64(progress.last_seq),
-                &chunk.text,
-                &delta_ends,
-                &Json(&chunk.switches),
-                &foreign,
-                &to_i64(progress.first_seq),
-            ],
-        )
-        .await
-        .map_err(unavailable)?;
-    match row.try_get::<_, i64>(0).map_err(unavailable)? {
-        0 => Err(StoreError::NotFound),
-        _ => Ok(()),
-    }
 }
 
 impl ConversationStore for PgConversationStore {
@@ -546,16 +578,53 @@ impl ConversationStore for PgConversationStore {
         })
     }
 
+    fn open_reply(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        progress: AssistantProgress,
+        reserve_to: Option<u64>,
+    ) -> StoreFuture<Option<u64>> {
+        let (tenant, id) = (tenant_id.to_owned(), conversation_id.to_owned());
+        self.call(move |client| async move {
+            let statement = client.prepare_cached(OPEN_REPLY).await.map_err(unavailable)?;
+            let p = ReplyParams::of(&progress);
+            let row = client
+                .query_opt(
+                    &statement,
+                    &[
+                        &tenant,
+                        &id,
+                        &progress.message_id,
+                        &progress.reply_to,
+                        &progress.requested_model,
+                        &p.last_seq,
+                        &progress.chunk.text,
+                        &p.delta_ends,
+                        &Json(&progress.chunk.switches),
+                        &p.foreign_seqs,
+                        &p.first_seq,
+                        &reserve_to.map(to_i64),
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            let reserved = to_u64(row.ok_or(StoreError::NotFound)?.get(0));
+            Ok(reserve_to.map(|_| reserved))
+        })
+    }
+
     fn checkpoint_assistant(
         &self,
         tenant_id: &str,
         conversation_id: &str,
         progress: AssistantProgress,
     ) -> StoreFuture<()> {
-        let (tenant, id) = (tenant_id.to_owned(), conversation_id.to_owned());
-        self.call(move |client| async move {
-            upsert_reply(&client, &tenant, &id, &progress, None).await
-        })
+        self.checkpoints.write(
+            self.pool.clone(),
+            self.deadline,
+            Checkpoint::new(tenant_id, conversation_id, progress),
+        )
     }
 
     fn finish_assistant(
@@ -566,36 +635,46 @@ impl ConversationStore for PgConversationStore {
         outcome: AssistantOutcome,
     ) -> StoreFuture<()> {
         let (tenant, id) = (tenant_id.to_owned(), conversation_id.to_owned());
-        self.call(move |mut client| async move {
-            let tx = client.transaction().await.map_err(unavailable)?;
-            upsert_reply(&tx, &tenant, &id, &progress, None).await?;
-            let statement = tx.prepare_cached(CLOSE_REPLY).await.map_err(unavailable)?;
+        self.call(move |client| async move {
+            let statement = client.prepare_cached(FINISH_REPLY).await.map_err(unavailable)?;
+            let p = ReplyParams::of(&progress);
             let usage = outcome.usage;
             let (code, message) = match &outcome.error {
                 Some(e) => (Some(e.code.as_str()), Some(e.message.as_str())),
                 None => (None, None),
             };
-            tx.execute(
-                &statement,
-                &[
-                    &tenant,
-                    &id,
-                    &progress.message_id,
-                    &name_of(&outcome.status),
-                    &outcome.model,
-                    &usage.map(|u| to_i64(u.input_tokens)),
-                    &usage.map(|u| to_i64(u.output_tokens)),
-                    &outcome.finish_reason.map(|f| name_of(&f)),
-                    &code,
-                    &message,
-                    &outcome.cost_micros.map(to_i64),
-                    &name_of(&outcome.cache),
-                    &to_i64(progress.last_seq),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
-            tx.commit().await.map_err(unavailable)
+            let row = client
+                .query_one(
+                    &statement,
+                    &[
+                        &tenant,
+                        &id,
+                        &progress.message_id,
+                        &progress.reply_to,
+                        &progress.requested_model,
+                        &p.last_seq,
+                        &progress.chunk.text,
+                        &p.delta_ends,
+                        &Json(&progress.chunk.switches),
+                        &p.foreign_seqs,
+                        &p.first_seq,
+                        &name_of(&outcome.status),
+                        &outcome.model,
+                        &usage.map(|u| to_i64(u.input_tokens)),
+                        &usage.map(|u| to_i64(u.output_tokens)),
+                        &outcome.finish_reason.map(|f| name_of(&f)),
+                        &code,
+                        &message,
+                        &outcome.cost_micros.map(to_i64),
+                        &name_of(&outcome.cache),
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            match row.try_get::<_, i64>(0).map_err(unavailable)? {
+                0 => Err(StoreError::NotFound),
+                _ => Ok(()),
+            }
         })
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use actors::events::{CacheStatus, ConversationEvent};
 use actors::ports::store::{
     AssistantOutcome, AssistantProgress, ConversationSettings, ConversationStore, ListQuery,
-    MessageStatus, NewUserMessage, StoreError, StreamChunk,
+    MessageStatus, NewUserMessage, StoreError, StreamChunk, StreamSwitch, SwitchKind,
 };
 use engine::config::DatabaseConfig;
 use engine::store::PgConversationStore;
@@ -596,6 +596,64 @@ async fn checkpoints_append_once_even_when_retried_and_replay_seq_for_seq() {
                 "pages of {max_events} after {after_seq}"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn checkpoints_in_flight_together_are_each_stored_once_and_each_answered() {
+    let Some(db) = TestDatabase::create().await else { return };
+    let store = db.store().await;
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let c = store.create_conversation("t", "alice", settings()).await.unwrap();
+        store.append_user_message("t", &c.id, user("u1", "hi", 1)).await.unwrap();
+        let reserved = store.open_reply("t", &c.id, progress("a1", 2, 1, "", vec![]), Some(64));
+        assert_eq!(reserved.await.unwrap(), Some(64), "the record and the reservation at once");
+        ids.push(c.id);
+    }
+    let gone = ids.pop().unwrap();
+    store.delete_conversation("t", &gone).await.unwrap();
+    // Seqs 2–3 "Hello"; 4 an ack; 5 a failover; 6 "!".
+    let switch = StreamSwitch {
+        before_delta: 2,
+        kind: SwitchKind::Failover { from: "a".into(), to: "b".into(), reason: "cut".into() },
+    };
+
+    // Two checkpoints per conversation queued back to back (a conversation's second one
+    // must wait for the next batch), a deleted conversation and another tenant's id.
+    let mut writes = Vec::new();
+    for id in &ids {
+        writes.push(store.checkpoint_assistant("t", id, progress("a1", 2, 3, "Hello", vec![3, 5])));
+        let mut more = progress("a1", 2, 6, "!", vec![6]);
+        more.chunk.switches = vec![switch.clone()];
+        more.chunk.foreign_seqs = vec![4];
+        writes.push(store.checkpoint_assistant("t", id, more));
+    }
+    writes.push(store.checkpoint_assistant("t", &gone, progress("a1", 2, 3, "x", vec![1])));
+    writes.push(store.checkpoint_assistant("other", &ids[0], progress("a1", 2, 9, "x", vec![1])));
+    // The first poll queues a write: in this order, before the writer task runs.
+    for write in &mut writes {
+        assert!(futures_util::FutureExt::now_or_never(write).is_none());
+    }
+    let results = futures_util::future::join_all(writes).await;
+    let (stored, refused) = results.split_at(results.len() - 2);
+    assert!(stored.iter().all(Result::is_ok), "{stored:?}");
+    assert_eq!(refused, [Err(StoreError::NotFound), Err(StoreError::NotFound)]);
+
+    // A retried checkpoint (its answer lost) appends nothing.
+    let mut retried = progress("a1", 2, 6, "!", vec![6]);
+    retried.chunk.foreign_seqs = vec![4];
+    retried.chunk.switches = vec![switch.clone()];
+    store.checkpoint_assistant("t", &ids[0], retried).await.unwrap();
+    for id in &ids {
+        let loaded = store.load("t", id, 10).await.unwrap();
+        let reply = &loaded.messages[1];
+        assert_eq!(reply.text, "Hello!", "each part once, in order");
+        assert_eq!(reply.delta_ends, [3, 5, 6]);
+        assert_eq!(reply.switches, std::slice::from_ref(&switch));
+        assert_eq!(reply.foreign_seqs, [4]);
+        assert_eq!(reply.status, MessageStatus::Streaming);
+        assert_eq!((loaded.conversation.last_seq, loaded.conversation.seq_reserved), (6, 64));
     }
 }
 
