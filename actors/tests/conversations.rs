@@ -49,6 +49,8 @@ type Plan = Arc<dyn Fn(&str) -> (Vec<Step>, Duration) + Send + Sync>;
 struct FakeRunner {
     plan: Plan,
     requests: Mutex<Vec<TurnRequest>>,
+    /// The thread each turn was started on (its conversation actor's).
+    threads: Mutex<Vec<std::thread::ThreadId>>,
     /// Streams dropped before they reached their end (cancelled upstream).
     dropped_early: Arc<AtomicUsize>,
 }
@@ -75,7 +77,12 @@ impl Drop for DropProbe {
 
 impl FakeRunner {
     fn new(plan: Plan) -> Arc<Self> {
-        Arc::new(Self { plan, requests: Mutex::new(Vec::new()), dropped_early: Arc::default() })
+        Arc::new(Self {
+            plan,
+            requests: Mutex::default(),
+            threads: Mutex::default(),
+            dropped_early: Arc::default(),
+        })
     }
 
     fn requests(&self) -> Vec<TurnRequest> {
@@ -101,6 +108,7 @@ impl TurnRunner for FakeRunner {
     fn run_turn(&self, request: TurnRequest) -> TurnStream {
         let last = request.request.messages.last().map(|m| m.content.clone()).unwrap_or_default();
         self.requests.lock().unwrap().push(request);
+        self.threads.lock().unwrap().push(std::thread::current().id());
         let (steps, gap) = (self.plan)(&last);
         let probe = DropProbe { finished: false, dropped_early: self.dropped_early.clone() };
         let state = (VecDeque::from(steps), probe, true);
@@ -342,6 +350,32 @@ async fn a_streamed_turn_reaches_two_subscribers_and_later_messages_queue_in_ord
         ]
     );
     assert_eq!(requests[2].request.messages.len(), 5);
+}
+
+#[actix_rt::test]
+async fn a_conversation_runs_on_the_thread_of_the_caller_that_opened_it() {
+    let h = Arc::new(harness(echo_plan(Duration::ZERO), fast_config(), TenantConfig::default()));
+    // The tenant actor starts here; the second conversation is opened from another arbiter,
+    // as an HTTP worker thread holding a socket would.
+    let (_, here) = h.new_conversation("t1").await;
+    let worker = actix_rt::Arbiter::new();
+    let (opened, answer) = tokio::sync::oneshot::channel();
+    let remote = h.clone();
+    worker.spawn(async move {
+        let (_, there) = remote.new_conversation("t1").await;
+        let _ = opened.send((there, std::thread::current().id()));
+    });
+    let (there, worker_thread) = answer.await.unwrap();
+    assert_ne!(worker_thread, std::thread::current().id());
+
+    for conversation in [&here, &there] {
+        let mut events = conversation.subscribe(None).await.unwrap();
+        conversation.post(post("which thread")).await.unwrap();
+        read_turns(&mut events, 1).await;
+    }
+    let threads = h.runner.threads.lock().unwrap().clone();
+    assert_eq!(threads, [std::thread::current().id(), worker_thread]);
+    worker.stop();
 }
 
 #[actix_rt::test]

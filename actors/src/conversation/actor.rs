@@ -332,6 +332,7 @@ impl ConversationActor {
         recovered: Recovered,
         gate: Arc<TenantGate>,
         tenant: Option<Recipient<ConversationStopped>>,
+        home: Option<&ArbiterHandle>,
     ) -> (ConversationHandle, u64) {
         let Recovered { conversation, messages, pending } = recovered;
         let config = &deps.config;
@@ -378,7 +379,10 @@ impl ConversationActor {
             deferred: Vec::new(),
         };
         actor.reserved = reserved;
-        let addr = actor.start();
+        let addr = match home {
+            Some(arbiter) => Self::start_in_arbiter(arbiter, |_| actor),
+            None => actor.start(),
+        };
         let handle =
             ConversationHandle::new(addr, entry, mailbox_capacity, &conversation_id, &owner_id);
         (handle, instance)

@@ -7,7 +7,12 @@
 //!   running [`ConversationActor`]'s handle, or loads the conversation *through the store
 //!   scoped by this tenant* (another tenant's id is simply `NotFound`), recovers a reply cut
 //!   by a crash, and starts the actor (`conversation:<id>`, parent `tenant:<id>`). Concurrent
-//!   opens of one conversation share a single load.
+//!   opens of one conversation share a single load. The actor runs on the arbiter (thread)
+//!   of the caller that opened it — the HTTP worker holding the client's socket — not on
+//!   the tenant's: a big tenant's conversations then spread over every worker thread (on
+//!   one thread, one worker did 0.51 cores of work while the other did 0.14 at 1,000
+//!   chatting clients), and events reach the socket that asked for them without crossing
+//!   threads.
 //! * Its [`gate::TenantGate`] limits the tenant's in-flight turns (refused beyond the limit
 //!   with `tenant_concurrency`); rate limits and budgets plug in through
 //!   [`crate::conversation::TurnPolicy`].
@@ -57,6 +62,9 @@ impl Default for TenantConfig {
 #[rtype(result = "Result<ConversationHandle, ConversationError>")]
 pub struct OpenConversation {
     pub conversation_id: String,
+    /// Where a conversation that is not running yet starts: the caller's arbiter. `None`
+    /// (outside any arbiter): the tenant actor's.
+    pub home: Option<ArbiterHandle>,
 }
 
 type Waiter = oneshot::Sender<Result<ConversationHandle, ConversationError>>;
@@ -133,7 +141,7 @@ impl Handler<OpenConversation> for TenantActor {
 
     fn handle(&mut self, msg: OpenConversation, ctx: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
-        let id = msg.conversation_id;
+        let OpenConversation { conversation_id: id, home } = msg;
         let (tx, rx) = oneshot::channel();
         match self.conversations.get_mut(&id) {
             Some(Slot::Live { handle, .. }) if handle.is_live() => {
@@ -154,6 +162,7 @@ impl Handler<OpenConversation> for TenantActor {
                             recovered,
                             act.gate.clone(),
                             Some(ctx.address().recipient()),
+                            home.as_ref(),
                         )
                     });
                     let waiters = match act.conversations.remove(&id) {
@@ -255,7 +264,10 @@ impl Conversations {
         // reached it.
         let mut last = ConversationError::Stopped;
         for _ in 0..2 {
-            let open = OpenConversation { conversation_id: conversation_id.to_owned() };
+            let open = OpenConversation {
+                conversation_id: conversation_id.to_owned(),
+                home: Arbiter::try_current(),
+            };
             match self.tenant(tenant_id).send(open).await {
                 Ok(Ok(handle)) if handle.is_live() => return Ok(handle),
                 Ok(Ok(_)) => last = ConversationError::Stopped,
