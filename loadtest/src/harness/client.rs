@@ -28,6 +28,10 @@ impl Client {
     pub async fn connect(scenario: &Scenario) -> anyhow::Result<Client> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(1024)
+            // Under the engine's 5 s keep-alive: a connection the server is closing for
+            // idleness must not be picked for the next request (that race failed a few
+            // `setup_failed` per 10k run: "connection closed before message completed").
+            .pool_idle_timeout(std::time::Duration::from_secs(3))
             .tcp_nodelay(true)
             .build()
             .context("failed to build the HTTP client")?;

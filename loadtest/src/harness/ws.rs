@@ -94,7 +94,15 @@ impl Connection {
     async fn run(self) {
         let conversation = match self.client.create_conversation().await {
             Ok(id) => id,
-            Err(_) => return self.fail("setup_failed"),
+            Err(error) => {
+                // The first few say why (the code alone does not), without flooding the run.
+                static SHOWN: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                if SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+                    eprintln!("\nconnection {}: {error:#}", self.index);
+                }
+                return self.fail("setup_failed");
+            }
         };
         // Spread over the targets; a reconnect moves on to the next one.
         let mut target = self.index;
