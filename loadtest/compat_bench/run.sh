@@ -10,7 +10,8 @@
 # Knobs (passed through to the kit): DURATION (20), STREAM_DURATION (10), WARMUP (3),
 # CONCURRENCY (1,10,100), STREAM_CONCURRENCY (1,10,100), ANTHROPIC_CONCURRENCY (10),
 # MOCK_LATENCY_MS (0), MOCK_TOKENS (16), WORKERS (engine HTTP workers; 0 = one per core),
-# WITH_LITELLM (0). Results land in $OUT_DIR (default /tmp/compat-bench/<UTC time>/).
+# WITH_LITELLM (0), ENGINE_BIN (a prebuilt switchyard instead of building this checkout).
+# Results land in $OUT_DIR (default /tmp/compat-bench/<UTC time>/).
 #
 # Needs the kit's venv (/tmp/peerkit/venv, made by run_litellm_baseline.sh or by hand from
 # ../shared/bench/requirements.txt) and wrk. Builds the engine in release.
@@ -31,10 +32,14 @@ mkdir -p "$out"
 mock_port="${MOCK_PORT:-18901}"
 engine_port="${ENGINE_PORT:-18080}"
 
-(cd "$repo" && cargo build -q --release -p engine --bin switchyard)
-target="${CARGO_TARGET_DIR:-$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')}"
-engine_bin="$target/release/switchyard"
+if [[ -n "${ENGINE_BIN:-}" ]]; then
+    engine_bin="$ENGINE_BIN" # a prebuilt binary, e.g. another commit's for an A/B
+else
+    (cd "$repo" && cargo build -q --release -p engine --bin switchyard)
+    target="${CARGO_TARGET_DIR:-$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')}"
+    engine_bin="$target/release/switchyard"
+fi
 
 mock_pid="" engine_pid=""
 cleanup() {
