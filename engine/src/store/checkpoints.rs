@@ -17,7 +17,9 @@
 //!
 //! The statement appends exactly as a single checkpoint does (the same `ON CONFLICT` clause,
 //! idempotent on retry), and answers which conversations it found: the others are
-//! `NotFound`. A failed batch fails each of its callers, who retry as they would after any
+//! `NotFound`. A batch refused for a row's data is written again one checkpoint at a time,
+//! so a row the server cannot take fails only its own caller; a batch that could not be
+//! written (timeout, lost connection) fails each of its callers, who retry as after any
 //! failed write. One conversation never has two checkpoints in one statement (PostgreSQL
 //! refuses to upsert a row twice in a statement): a second one waits for the next batch.
 
@@ -92,6 +94,33 @@ struct Queued {
     answer: oneshot::Sender<Result<(), StoreError>>,
 }
 
+impl Queued {
+    /// Answers the caller from its batch's outcome: the conversations the batch found.
+    fn answer(self, found: &Result<HashSet<(String, String)>, StoreError>) {
+        let result = match found {
+            Ok(found) if found.contains(&self.checkpoint.key()) => Ok(()),
+            Ok(_) => Err(StoreError::NotFound),
+            Err(error) => Err(error.clone()),
+        };
+        let _ = self.answer.send(result);
+    }
+}
+
+/// Why a batch was not written.
+struct BatchFailed {
+    error: StoreError,
+    /// The server refused a row's data (SQLSTATE class 22 or 23: a data exception or a
+    /// constraint), as opposed to a timeout, a lost connection or a conflict that retrying
+    /// the whole batch settles: writing the rows one by one isolates it.
+    row_refused: bool,
+}
+
+impl BatchFailed {
+    fn unavailable(error: impl std::fmt::Display) -> BatchFailed {
+        BatchFailed { error: unavailable(error), row_refused: false }
+    }
+}
+
 #[derive(Default)]
 struct QueueState {
     queued: VecDeque<Queued>,
@@ -146,14 +175,23 @@ impl CheckpointQueue {
     async fn write_all(self: Arc<Self>, pool: Pool, deadline: Duration) {
         let mut running = Running { queue: &self, stopped: false };
         while let Some(batch) = running.queue.take_batch() {
-            let found = bounded(deadline, write_batch(&pool, &batch)).await;
-            for Queued { checkpoint, answer } in batch {
-                let result = match &found {
-                    Ok(found) if found.contains(&checkpoint.key()) => Ok(()),
-                    Ok(_) => Err(StoreError::NotFound),
-                    Err(error) => Err(error.clone()),
-                };
-                let _ = answer.send(result);
+            match write_batch(&pool, deadline, &batch).await {
+                Err(failed) if failed.row_refused && batch.len() > 1 => {
+                    // A row the server will not take (say, text with a NUL byte) must not
+                    // fail the others — other conversations, other tenants' — nor poison
+                    // every batch its retries join: each checkpoint is written alone.
+                    for queued in batch {
+                        let alone = write_batch(&pool, deadline, std::slice::from_ref(&queued));
+                        let found = alone.await.map_err(|failed| failed.error);
+                        queued.answer(&found);
+                    }
+                }
+                written => {
+                    let found = written.map_err(|failed| failed.error);
+                    for queued in batch {
+                        queued.answer(&found);
+                    }
+                }
             }
         }
         running.stopped = true;
@@ -203,11 +241,22 @@ impl Drop for Running<'_> {
     }
 }
 
-/// Writes one batch; answers the (tenant, conversation) pairs that were found.
+/// Writes one batch within `deadline`; answers the (tenant, conversation) pairs that were
+/// found.
 async fn write_batch(
     pool: &Pool,
+    deadline: Duration,
     batch: &[Queued],
-) -> Result<HashSet<(String, String)>, StoreError> {
+) -> Result<HashSet<(String, String)>, BatchFailed> {
+    tokio::time::timeout(deadline, write_batch_now(pool, batch))
+        .await
+        .unwrap_or_else(|_| Err(BatchFailed::unavailable("database: timed out")))
+}
+
+async fn write_batch_now(
+    pool: &Pool,
+    batch: &[Queued],
+) -> Result<HashSet<(String, String)>, BatchFailed> {
     let column = |f: &dyn Fn(&Checkpoint) -> String| -> Vec<String> {
         batch.iter().map(|q| f(&q.checkpoint)).collect()
     };
@@ -228,8 +277,9 @@ async fn write_batch(
     let last_seqs = seqs(&|p| p.last_seq);
     let first_seqs = seqs(&|p| p.first_seq);
 
-    let client = pool.get().await.map_err(unavailable)?;
-    let statement = client.prepare_cached(CHECKPOINT_REPLIES).await.map_err(unavailable)?;
+    let client = pool.get().await.map_err(BatchFailed::unavailable)?;
+    let statement =
+        client.prepare_cached(CHECKPOINT_REPLIES).await.map_err(BatchFailed::unavailable)?;
     let rows = client
         .query(
             &statement,
@@ -248,10 +298,16 @@ async fn write_batch(
             ],
         )
         .await
-        .map_err(unavailable)?;
+        .map_err(|error| BatchFailed {
+            row_refused: error
+                .as_db_error()
+                .is_some_and(|e| matches!(e.code().code().get(..2), Some("22" | "23"))),
+            error: unavailable(error),
+        })?;
     rows.iter()
-        .map(|row| Ok((row.try_get(0).map_err(unavailable)?, row.try_get(1).map_err(unavailable)?)))
-        .collect()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(BatchFailed::unavailable)
 }
 
 /// A PostgreSQL array literal of numbers: `{1,2,3}`.

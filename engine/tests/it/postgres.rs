@@ -658,6 +658,40 @@ async fn checkpoints_in_flight_together_are_each_stored_once_and_each_answered()
 }
 
 #[tokio::test]
+async fn a_checkpoint_the_database_refuses_fails_alone_not_its_batch() {
+    let Some(db) = TestDatabase::create().await else { return };
+    let store = db.store().await;
+    let mut conversations = Vec::new();
+    for tenant in ["t", "t", "u"] {
+        let c = store.create_conversation(tenant, "alice", settings()).await.unwrap();
+        store.append_user_message(tenant, &c.id, user("u1", "hi", 1)).await.unwrap();
+        store.open_reply(tenant, &c.id, progress("a1", 2, 1, "", vec![]), None).await.unwrap();
+        conversations.push((tenant, c.id));
+    }
+    // PostgreSQL text cannot hold a NUL byte: that row fails the statement it is in.
+    let texts = ["fine", "a NUL \0 here", "also fine"];
+    let mut writes: Vec<_> = conversations
+        .iter()
+        .zip(texts)
+        .map(|((tenant, id), text)| {
+            let end = u32::try_from(text.len()).unwrap();
+            store.checkpoint_assistant(tenant, id, progress("a1", 2, 2, text, vec![end]))
+        })
+        .collect();
+    for write in &mut writes {
+        assert!(futures_util::FutureExt::now_or_never(write).is_none());
+    }
+    let results = futures_util::future::join_all(writes).await;
+    assert_eq!(results[0], Ok(()));
+    assert!(matches!(results[1], Err(StoreError::Unavailable(_))), "{:?}", results[1]);
+    assert_eq!(results[2], Ok(()), "another tenant's checkpoint is not failed by it");
+    for (i, (tenant, id)) in conversations.iter().enumerate() {
+        let reply = store.load(tenant, id, 10).await.unwrap().messages[1].text.clone();
+        assert_eq!(reply, if i == 1 { "" } else { texts[i] });
+    }
+}
+
+#[tokio::test]
 async fn the_sweep_closes_dead_replies_after_their_reservation_and_spares_live_ones() {
     let Some(db) = TestDatabase::create().await else { return };
     let store = db.store().await;
