@@ -45,6 +45,34 @@ pub fn cache_mode(use_cache: bool) -> CacheMode {
     if use_cache { CacheMode::Use } else { CacheMode::Bypass }
 }
 
+/// Refuses a user message that cannot be posted: the same rule for every way in (REST,
+/// WebSocket, the compatible APIs' conversation mode). NUL is refused by name because
+/// PostgreSQL text cannot hold it: accepted, it would fail the durable write and reach the
+/// client as a misleading `unavailable`.
+pub fn check_message(content: &str, max_bytes: usize) -> Result<(), ApiError> {
+    if content.len() > max_bytes {
+        return Err(ApiError::bad_request(
+            "message_too_large",
+            format!("messages are limited to {max_bytes} bytes"),
+        ));
+    }
+    if content.trim().is_empty() {
+        return Err(ApiError::bad_request("empty_message", "content must not be empty"));
+    }
+    check_no_nul("content", content)
+}
+
+/// Refuses stored text (a message, system prompt or title) that holds a NUL character.
+pub fn check_no_nul(field: &'static str, text: &str) -> Result<(), ApiError> {
+    if text.contains('\0') {
+        return Err(ApiError::bad_request(
+            "invalid_text",
+            format!("{field} must not contain NUL (U+0000) characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// Maps a conversation failure to what the client sees.
 pub fn api_error(error: ConversationError) -> ApiError {
     let message = error.to_string();

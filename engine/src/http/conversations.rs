@@ -85,6 +85,11 @@ async fn create(
             format!("title is limited to {MAX_TITLE_BYTES} bytes"),
         ));
     }
+    for (field, text) in [("system_prompt", &body.system_prompt), ("title", &body.title)] {
+        if let Some(text) = text {
+            crate::conversations::check_no_nul(field, text)?;
+        }
+    }
     let who = who.principal;
     let settings = ConversationSettings {
         model,
@@ -326,16 +331,7 @@ async fn post_message(
     body: web::Json<PostMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let limit = state.config.limits.max_message_bytes;
-    if body.content.len() > limit {
-        return Err(ApiError::bad_request(
-            "message_too_large",
-            format!("messages are limited to {limit} bytes"),
-        ));
-    }
-    if body.content.trim().is_empty() {
-        return Err(ApiError::bad_request("empty_message", "content must not be empty"));
-    }
+    crate::conversations::check_message(&body.content, state.config.limits.max_message_bytes)?;
     if body
         .client_id
         .as_ref()

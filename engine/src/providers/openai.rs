@@ -465,6 +465,13 @@ mod tests {
     }
 
     #[test]
+    fn a_nul_in_model_text_is_replaced_before_anyone_sees_it() {
+        let transcript = "data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\\u0000b\"}}]}\n\n";
+        let out = replay_sse(ProviderKind::Openai, "m", [transcript.as_bytes()]);
+        assert_eq!(out.first(), Some(&Ok(StreamEvent::Delta("a\u{FFFD}b".to_owned()))));
+    }
+
+    #[test]
     fn done_without_usage_counts_deltas() {
         let transcript = "data: {\"id\":\"c1\",\"model\":\"llama3\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n\
                           data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"},\"finish_reason\":\"length\"}]}\n\n\

@@ -86,7 +86,7 @@ impl<D: Decode> EventDecoder<D> {
                 Ok(Step::Skip) => continue,
                 Ok(Step::Delta(text)) => {
                     self.tokens += 1;
-                    Ok(StreamEvent::Delta(text))
+                    Ok(StreamEvent::Delta(without_nul(text)))
                 }
                 Ok(Step::Done(completion)) => Ok(StreamEvent::Finished(completion)),
                 Ok(Step::Error(upstream)) => Err(http_errors::from_in_band(&upstream, self.tokens)),
@@ -267,7 +267,7 @@ impl<D: Decode> Run<D> {
         }
         self.events.tokens += 1;
         self.phase = Phase::Replied(Some(reply.completion));
-        Ok(StreamEvent::Delta(reply.text))
+        Ok(StreamEvent::Delta(without_nul(reply.text)))
     }
 
     /// After the terminator the server ends the body right away; reading that end (if it is
@@ -384,7 +384,17 @@ where
         }
         Ok(Ok(bytes)) => bytes,
     };
-    parse(&bytes, request_id)
+    parse(&bytes, request_id).map(|mut reply| {
+        reply.text = without_nul(reply.text);
+        reply
+    })
+}
+
+/// Model text with each NUL replaced by U+FFFD. PostgreSQL text cannot hold NUL, so a reply
+/// carrying one could never be stored; replacing it here, before anyone sees the text, keeps
+/// what is streamed, stored and replayed identical.
+pub(crate) fn without_nul(text: String) -> String {
+    if text.contains('\0') { text.replace('\0', "\u{FFFD}") } else { text }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

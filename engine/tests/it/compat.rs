@@ -572,6 +572,9 @@ async fn a_named_conversation_is_appended_to() {
     let response = post(&app, "/v1/chat/completions", &body, &conversation).await;
     assert_eq!(response.status(), 400);
     assert_eq!(response.json::<Value>().await.unwrap()["error"]["param"], "model");
+    let response = post(&app, "/v1/chat/completions", &chat("a\u{0}b"), &conversation).await;
+    assert_eq!(response.status(), 400, "stored text cannot hold NUL");
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["param"], "messages");
     let response =
         post(&app, "/v1/chat/completions", &chat("x"), &[("x-switchyard-conversation", "nope")])
             .await;

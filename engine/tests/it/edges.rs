@@ -72,6 +72,11 @@ async fn bad_frames_get_error_frames_and_the_connection_carries_on() {
     let long = "y".repeat(40 * 1024);
     send(&mut ws, json!({"type": "user_message", "content": long})).await;
     assert_eq!(recv(&mut ws).await["code"], "message_too_large");
+    send(&mut ws, json!({"type": "user_message", "content": " \n "})).await;
+    assert_eq!(recv(&mut ws).await["code"], "empty_message");
+    // PostgreSQL text cannot hold NUL: refused by name, not as a failed write.
+    send(&mut ws, json!({"type": "user_message", "content": "a\u{0}b"})).await;
+    assert_eq!(recv(&mut ws).await["code"], "invalid_text");
 
     // Too fast: the burst is 20 frames; well past it some are refused, none crash the socket.
     for _ in 0..40 {
@@ -204,10 +209,25 @@ async fn rest_errors_are_clear() {
     assert_eq!(body["error"]["code"], "not_found");
 
     let id = app.create_conversation(json!({})).await;
-    let response = app
-        .post_json(&format!("/api/v1/conversations/{id}/messages"), &json!({"content": "   "}))
-        .await;
-    assert_eq!(response.status(), 400);
+    for (content, code) in [("   ", "empty_message"), ("a\u{0}b", "invalid_text")] {
+        let response = app
+            .post_json(
+                &format!("/api/v1/conversations/{id}/messages"),
+                &json!({"content": content}),
+            )
+            .await;
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{content:?}");
+    }
+    let (_, stored) = app.get_json(&format!("/api/v1/conversations/{id}")).await;
+    assert_eq!(stored["messages"], json!([]), "nothing refused was stored");
+    for field in ["system_prompt", "title"] {
+        let response = app.post_json("/api/v1/conversations", &json!({field: "x\u{0}"})).await;
+        assert_eq!(response.status(), 400, "{field}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_text", "{field}");
+    }
 }
 
 #[tokio::test]

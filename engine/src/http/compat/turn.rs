@@ -156,6 +156,13 @@ pub async fn start(
             ));
         }
     };
+    if last.contains('\0') {
+        // Stored text cannot hold NUL (see `conversations::check_message`).
+        return Err(CompatError::invalid(
+            "messages",
+            "with x-switchyard-conversation the message must not contain NUL (U+0000) characters",
+        ));
+    }
     conversation(state, principal, id, model, last).await
 }
 

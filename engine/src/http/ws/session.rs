@@ -170,11 +170,8 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
                         Err(e) => writer.api_error(&e).await,
                     },
                     ClientFrame::UserMessage { client_id, content, cache } => {
-                        if content.len() > limits.max_message_bytes {
-                            let message = format!("messages are limited to {} bytes", limits.max_message_bytes);
-                            writer.error("message_too_large", &message).await
-                        } else if content.trim().is_empty() {
-                            writer.error("invalid_frame", "content must not be empty").await
+                        if let Err(e) = crate::conversations::check_message(&content, limits.max_message_bytes) {
+                            writer.api_error(&e).await
                         } else if let Err(e) = access.auth.count_request(&access.who).await {
                             writer.api_error(&e).await
                         } else {
