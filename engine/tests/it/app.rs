@@ -101,7 +101,7 @@ default_model = "primary"
         fake,
         http: client_with(&owner.access_token),
         owner,
-        anon: reqwest::Client::new(),
+        anon: test_client().build().unwrap(),
         stop: Some(stop_tx),
         thread: Some(thread),
     }
@@ -149,7 +149,13 @@ pub fn client_with(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
     headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::Client::builder().default_headers(headers).build().unwrap()
+    test_client().default_headers(headers).build().unwrap()
+}
+
+/// A test's HTTP client. libtest has no per-test timeout, so a request that never ends would
+/// stall the whole suite; this bound turns such a hang into a failure that names the test.
+pub fn test_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().timeout(Duration::from_secs(120))
 }
 
 /// A WebSocket handshake for `conversation_id` carrying `token` in `Sec-WebSocket-Protocol`.
@@ -175,6 +181,15 @@ impl Drop for TestApp {
             let _ = stop.send(());
         }
         if let Some(thread) = self.thread.take() {
+            // A shutdown that never ends would stall the whole suite: fail the test instead.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !thread.is_finished() {
+                if std::time::Instant::now() > deadline {
+                    assert!(std::thread::panicking(), "the engine did not stop within 60 s");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = thread.join();
         }
     }
