@@ -28,10 +28,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use data_encoding::HEXLOWER;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use secrecy::ExposeSecret;
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
 
 use super::sealed::SealingKey;
 use super::{
@@ -282,30 +282,9 @@ impl PgAccountStore {
         config: &DatabaseConfig,
         options: PgAccountOptions,
     ) -> anyhow::Result<PgAccountStore> {
-        let mut pg: tokio_postgres::Config = config
-            .url
-            .expose_secret()
-            .parse()
-            .context("database.url is not a valid PostgreSQL URL")?;
-        pg.options(format!("-c statement_timeout={}", config.statement_timeout_ms));
-        pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
-        pg.application_name("switchyard-accounts");
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let wait = Duration::from_millis(config.connect_timeout_ms);
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.div_ceil(2).max(2))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(wait))
-            .create_timeout(Some(wait))
-            .recycle_timeout(Some(wait))
-            .build()
-            .context("failed to build the account store's database pool")?;
-        let deadline =
-            Duration::from_millis(config.statement_timeout_ms + config.connect_timeout_ms + 1000);
+        let size = config.pool_size.div_ceil(2).max(2);
+        let pool = crate::store::postgres::pool(config, "switchyard-accounts", size)?;
+        let deadline = crate::store::postgres::call_deadline(config);
         Ok(PgAccountStore { pool, deadline, options: Arc::new(options) })
     }
 

@@ -35,7 +35,7 @@ use futures_util::FutureExt;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{NoTls, Row};
 
 use super::checkpoints::{Checkpoint, CheckpointQueue};
@@ -228,19 +228,27 @@ WITH c AS (
 )
 SELECT count(*) FROM c";
 
-/// The parameters every reply write starts with (`$1`–`$11` of [`OPEN_REPLY`] and
-/// [`FINISH_REPLY`]); `model` is the requested one unless the finish knows better.
-struct ReplyParams {
+/// The parameters every reply write starts with: `$1`–`$11` of [`OPEN_REPLY`] and
+/// [`FINISH_REPLY`] (the converted ones computed once, the rest borrowed).
+struct ReplyParams<'a> {
+    tenant: &'a str,
+    conversation: &'a str,
+    progress: &'a AssistantProgress,
+    switches: Json<&'a Vec<StreamSwitch>>,
     delta_ends: Vec<i32>,
     foreign_seqs: Vec<i64>,
     last_seq: i64,
     first_seq: i64,
 }
 
-impl ReplyParams {
-    fn of(progress: &AssistantProgress) -> ReplyParams {
+impl<'a> ReplyParams<'a> {
+    fn of(tenant: &'a str, conversation: &'a str, progress: &'a AssistantProgress) -> Self {
         let chunk = &progress.chunk;
         ReplyParams {
+            tenant,
+            conversation,
+            progress,
+            switches: Json(&chunk.switches),
             delta_ends: chunk
                 .delta_ends
                 .iter()
@@ -251,37 +259,68 @@ impl ReplyParams {
             first_seq: to_i64(progress.first_seq),
         }
     }
+
+    /// `$1`–`$11`, then the statement's own parameters.
+    fn then<'p>(&'p self, rest: &[&'p (dyn ToSql + Sync)]) -> Vec<&'p (dyn ToSql + Sync)> {
+        let progress = self.progress;
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.tenant,
+            &self.conversation,
+            &progress.message_id,
+            &progress.reply_to,
+            &progress.requested_model,
+            &self.last_seq,
+            &progress.chunk.text,
+            &self.delta_ends,
+            &self.switches,
+            &self.foreign_seqs,
+            &self.first_seq,
+        ];
+        params.extend_from_slice(rest);
+        params
+    }
+}
+
+/// A pool of `max_size` lazily opened connections to `config.url`, each with the configured
+/// `statement_timeout`, named `application` in `pg_stat_activity`. Every wait (for a free
+/// connection, a new one, a recycle check) is bounded by the connect timeout.
+pub(crate) fn pool(
+    config: &DatabaseConfig,
+    application: &str,
+    max_size: usize,
+) -> anyhow::Result<Pool> {
+    let mut pg: tokio_postgres::Config =
+        config.url.expose_secret().parse().context("database.url is not a valid PostgreSQL URL")?;
+    pg.options(format!("-c statement_timeout={}", config.statement_timeout_ms));
+    pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
+    pg.application_name(application);
+    let manager =
+        Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let wait = Duration::from_millis(config.connect_timeout_ms);
+    Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(wait))
+        .recycle_timeout(Some(wait))
+        .build()
+        .with_context(|| format!("failed to build the {application} database pool"))
+}
+
+/// How long one store call may take in all: a connection, then a statement.
+pub(crate) fn call_deadline(config: &DatabaseConfig) -> Duration {
+    Duration::from_millis(config.statement_timeout_ms + config.connect_timeout_ms + 1000)
 }
 
 impl PgConversationStore {
-    /// Builds the pool (connections open lazily, on first use). `statement_timeout` is set
-    /// on every connection.
+    /// Builds the pool (connections open lazily, on first use).
     pub fn connect(config: &DatabaseConfig) -> anyhow::Result<PgConversationStore> {
-        let mut pg: tokio_postgres::Config = config
-            .url
-            .expose_secret()
-            .parse()
-            .context("database.url is not a valid PostgreSQL URL")?;
-        pg.options(format!("-c statement_timeout={}", config.statement_timeout_ms));
-        pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
-        pg.application_name("switchyard");
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let wait = Duration::from_millis(config.connect_timeout_ms);
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(wait))
-            .create_timeout(Some(wait))
-            .recycle_timeout(Some(wait))
-            .build()
-            .context("failed to build the database pool")?;
-        let deadline =
-            Duration::from_millis(config.statement_timeout_ms + config.connect_timeout_ms + 1000);
-        Ok(PgConversationStore { pool, deadline, checkpoints: Arc::default() })
+        let pool = pool(config, "switchyard", config.pool_size.max(1))?;
+        Ok(PgConversationStore {
+            pool,
+            deadline: call_deadline(config),
+            checkpoints: Arc::default(),
+        })
     }
 
     /// The connection pool, shared with the cost ledger (`crate::costs`).
@@ -588,25 +627,10 @@ impl ConversationStore for PgConversationStore {
         let (tenant, id) = (tenant_id.to_owned(), conversation_id.to_owned());
         self.call(move |client| async move {
             let statement = client.prepare_cached(OPEN_REPLY).await.map_err(unavailable)?;
-            let p = ReplyParams::of(&progress);
+            let reserve = reserve_to.map(to_i64);
+            let params = ReplyParams::of(&tenant, &id, &progress);
             let row = client
-                .query_opt(
-                    &statement,
-                    &[
-                        &tenant,
-                        &id,
-                        &progress.message_id,
-                        &progress.reply_to,
-                        &progress.requested_model,
-                        &p.last_seq,
-                        &progress.chunk.text,
-                        &p.delta_ends,
-                        &Json(&progress.chunk.switches),
-                        &p.foreign_seqs,
-                        &p.first_seq,
-                        &reserve_to.map(to_i64),
-                    ],
-                )
+                .query_opt(&statement, &params.then(&[&reserve]))
                 .await
                 .map_err(unavailable)?;
             let reserved = to_u64(row.ok_or(StoreError::NotFound)?.get(0));
@@ -637,27 +661,16 @@ impl ConversationStore for PgConversationStore {
         let (tenant, id) = (tenant_id.to_owned(), conversation_id.to_owned());
         self.call(move |client| async move {
             let statement = client.prepare_cached(FINISH_REPLY).await.map_err(unavailable)?;
-            let p = ReplyParams::of(&progress);
             let usage = outcome.usage;
             let (code, message) = match &outcome.error {
                 Some(e) => (Some(e.code.as_str()), Some(e.message.as_str())),
                 None => (None, None),
             };
+            let params = ReplyParams::of(&tenant, &id, &progress);
             let row = client
                 .query_one(
                     &statement,
-                    &[
-                        &tenant,
-                        &id,
-                        &progress.message_id,
-                        &progress.reply_to,
-                        &progress.requested_model,
-                        &p.last_seq,
-                        &progress.chunk.text,
-                        &p.delta_ends,
-                        &Json(&progress.chunk.switches),
-                        &p.foreign_seqs,
-                        &p.first_seq,
+                    &params.then(&[
                         &name_of(&outcome.status),
                         &outcome.model,
                         &usage.map(|u| to_i64(u.input_tokens)),
@@ -667,7 +680,7 @@ impl ConversationStore for PgConversationStore {
                         &message,
                         &outcome.cost_micros.map(to_i64),
                         &name_of(&outcome.cache),
-                    ],
+                    ]),
                 )
                 .await
                 .map_err(unavailable)?;
