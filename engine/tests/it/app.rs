@@ -316,6 +316,8 @@ pub struct ProcessNode {
     pub addr: SocketAddr,
     child: std::process::Child,
     _config: std::path::PathBuf,
+    /// The bootstrap owner's access token, once [`ProcessNode::signed_in`].
+    token: String,
 }
 
 /// Starts the `switchyard` binary with `config_toml` (listen on port 0 is added) and waits
@@ -349,7 +351,7 @@ pub fn spawn_process_node(name: &str, config_toml: &str) -> ProcessNode {
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the node prints its address");
-    ProcessNode { addr: addr.parse().unwrap(), child, _config: path }
+    ProcessNode { addr: addr.parse().unwrap(), child, _config: path, token: String::new() }
 }
 
 impl ProcessNode {
@@ -376,6 +378,23 @@ impl ProcessNode {
     /// A client that sends this node's token on every request.
     pub async fn http(&self) -> reqwest::Client {
         client_with(&self.token().await)
+    }
+
+    /// Logs the bootstrap owner in once, for [`ProcessNode::client`] and [`ProcessNode::ws`].
+    pub async fn signed_in(mut self) -> ProcessNode {
+        self.token = self.token().await;
+        self
+    }
+
+    /// A client with the token of [`ProcessNode::signed_in`].
+    pub fn client(&self) -> reqwest::Client {
+        client_with(&self.token)
+    }
+
+    /// A socket on `conversation_id` with the token of [`ProcessNode::signed_in`].
+    pub async fn ws(&self, conversation_id: &str) -> Ws {
+        let request = ws_request(self.addr, conversation_id, &self.token);
+        tokio_tungstenite::connect_async(request).await.expect("websocket connects").0
     }
 
     pub async fn ws_connect(&self, conversation_id: &str) -> Ws {

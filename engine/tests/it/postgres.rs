@@ -26,7 +26,9 @@ use serde_json::{Value, json};
 use tokio_postgres::NoTls;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::app::{Ws, assert_gap_free, recv, recv_turn, send, spawn_app_with_database, text_of};
+use crate::app::{
+    assert_gap_free, recv, recv_turn, send, spawn_app_with_database, spawn_process_node, text_of,
+};
 
 // ---------------------------------------------------------------------------------------
 // Helpers: a database per test, a cuttable proxy, the real binary
@@ -187,95 +189,6 @@ impl Drop for PgProxy {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
-    }
-}
-
-/// The real `switchyard` binary, for tests that kill it outright.
-struct Node {
-    addr: SocketAddr,
-    child: std::process::Child,
-    config: std::path::PathBuf,
-    /// The bootstrap owner's access token (accounts live in memory: a restart needs a new one).
-    token: String,
-}
-
-impl Node {
-    fn start(config_toml: &str) -> Node {
-        use std::io::BufRead;
-        let config = std::env::temp_dir()
-            .join(format!("switchyard-pg-{}.toml", uuid::Uuid::now_v7().simple()));
-        let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\nshutdown_grace_secs = 1\n{config_toml}"
-        );
-        std::fs::write(&config, toml).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("--config")
-            .arg(&config)
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("ANTHROPIC_API_KEY")
-            .env("SWITCHYARD_LOG_FORMAT", "text")
-            .env("RUST_LOG", "warn")
-            .env("SWITCHYARD_BOOTSTRAP_EMAIL", crate::app::OWNER_EMAIL)
-            .env("SWITCHYARD_BOOTSTRAP_PASSWORD", crate::app::OWNER_PASSWORD)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("switchyard starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("Switchyard is listening on http://") {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the node prints its address");
-        Node { addr: addr.parse().unwrap(), child, config, token: String::new() }
-    }
-
-    /// Logs the bootstrap owner in, so requests and sockets carry a token.
-    async fn signed_in(mut self) -> Node {
-        let body =
-            json!({ "email": crate::app::OWNER_EMAIL, "password": crate::app::OWNER_PASSWORD });
-        let login: Value = reqwest::Client::new()
-            .post(self.url("/api/v1/auth/login"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        self.token = login["access_token"].as_str().expect("an access token").to_owned();
-        self
-    }
-
-    fn http(&self) -> reqwest::Client {
-        crate::app::client_with(&self.token)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn ws(&self, conversation_id: &str) -> Ws {
-        let request = crate::app::ws_request(self.addr, conversation_id, &self.token);
-        tokio_tungstenite::connect_async(request).await.expect("websocket connects").0
-    }
-
-    /// `kill -9`: no shutdown, nothing flushed.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_file(&self.config);
     }
 }
 
@@ -896,8 +809,8 @@ url = "{}"
         fake.base_url(),
         db.url
     );
-    let mut node = Node::start(&config).signed_in().await;
-    let http = node.http();
+    let mut node = spawn_process_node("pg", &config).signed_in().await;
+    let http = node.client();
     let mut ids = Vec::new();
     for _ in 0..CONVERSATIONS {
         let created: Value = http
@@ -966,8 +879,8 @@ url = "{}"
     let seen: Vec<Seen> =
         seen.into_iter().map(|s| std::mem::take(&mut *s.lock().unwrap())).collect();
 
-    let node = Node::start(&config).signed_in().await;
-    let http = node.http();
+    let node = spawn_process_node("pg", &config).signed_in().await;
+    let http = node.client();
     // Every client reconnects and resumes where it was (all at once, as after a real crash:
     // the queued messages' turns then run in parallel).
     let mut resumed = Vec::new();
