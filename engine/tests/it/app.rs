@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use engine::config::Config;
@@ -26,6 +28,8 @@ pub struct TestApp {
     pub anon: reqwest::Client,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// How far the engine thread got in stopping (see [`STOP_PHASES`]).
+    stopping: Arc<AtomicU8>,
 }
 
 /// The engine with two models on `fake-llm`: `primary` (scripted by `primary_knobs`, an
@@ -75,7 +79,10 @@ default_model = "primary"
     customize(&mut config);
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let stopping = Arc::new(AtomicU8::new(0));
+    let progress = stopping.clone();
     let thread = std::thread::spawn(move || {
+        let shutdown_progress = progress.clone();
         actix_rt::System::new().block_on(async move {
             let engine = Engine::start(config).await.expect("engine starts");
             let owner = login_in_process(&engine, OWNER_EMAIL, OWNER_PASSWORD).await;
@@ -85,13 +92,16 @@ default_model = "primary"
                 // The test's drop asks us to stop; poll without blocking the runtime.
                 loop {
                     if stop_rx.try_recv().is_ok() {
+                        shutdown_progress.store(1, Ordering::Release);
                         Engine::shutdown(state, handle).await;
+                        shutdown_progress.store(2, Ordering::Release);
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             });
             let _ = engine.run().await;
+            progress.store(3, Ordering::Release);
         });
     });
     let (addr, owner) =
@@ -104,6 +114,7 @@ default_model = "primary"
         anon: test_client().build().unwrap(),
         stop: Some(stop_tx),
         thread: Some(thread),
+        stopping,
     }
 }
 
@@ -175,6 +186,14 @@ pub fn spawn_app() -> TestApp {
     spawn_app_with("", Scenario { tokens: 8, ..Scenario::default() }, "")
 }
 
+/// What the engine thread had done when a test engine failed to stop, by progress value.
+const STOP_PHASES: [&str; 4] = [
+    "the stop request was not seen",
+    "Engine::shutdown began and did not return",
+    "Engine::shutdown returned; the server did not stop",
+    "the server stopped; dropping the actix system (its tasks and blocking pool) did not finish",
+];
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -185,7 +204,11 @@ impl Drop for TestApp {
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             while !thread.is_finished() {
                 if std::time::Instant::now() > deadline {
-                    assert!(std::thread::panicking(), "the engine did not stop within 60 s");
+                    let phase = STOP_PHASES[usize::from(self.stopping.load(Ordering::Acquire))];
+                    assert!(
+                        std::thread::panicking(),
+                        "the engine did not stop within 60 s; it got as far as: {phase}"
+                    );
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(10));
