@@ -26,7 +26,7 @@ mod streaming;
 #[cfg(test)]
 mod test_support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -231,9 +231,8 @@ pub enum ConfigError {
     HttpClient(String),
 }
 
-/// The pooled HTTP client for provider calls (and the embeddings API). Build it once and
-/// pass it to [`build_provider`] for every endpoint; provider calls then use a client of
-/// the same settings per thread ([`ThreadClients`]), this one where that cannot be built.
+/// The shared, pooled HTTP client for provider calls. Build it once and pass it to
+/// [`build_provider`] for every endpoint, so connections (and TLS sessions) are reused.
 ///
 /// Its connect timeout is [`DEFAULT_CONNECT_TIMEOUT_MS`]; an endpoint that configures another
 /// one gets its own client (reqwest's connect timeout is client-wide).
@@ -252,41 +251,6 @@ fn http_client_with_connect_timeout(connect: Duration) -> Result<reqwest::Client
         .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| ConfigError::HttpClient(e.without_url().to_string()))
-}
-
-/// A provider endpoint's HTTP client, one per thread. Why: a pooled connection's I/O runs
-/// as a task on the runtime that opened it, and actix gives every worker thread a runtime of
-/// its own. With one client shared by all, a turn polled on one worker read its upstream
-/// through a connection driven by another — a cross-thread wake-up per chunk, and two
-/// threads busy for one stream. With a client per thread, a turn's upstream I/O stays on the
-/// thread that polls it (its conversation actor's, or the HTTP worker's for the compatible
-/// APIs).
-#[derive(Clone)]
-pub(crate) struct ThreadClients {
-    connect: Duration,
-    /// Built (and so validated) at configuration; used if a thread's own cannot be built.
-    fallback: reqwest::Client,
-}
-
-thread_local! {
-    static THREAD_CLIENTS: std::cell::RefCell<HashMap<Duration, reqwest::Client>> =
-        std::cell::RefCell::default();
-}
-
-impl ThreadClients {
-    /// This thread's client (a cheap handle to its connection pool).
-    pub(crate) fn get(&self) -> reqwest::Client {
-        THREAD_CLIENTS.with(|clients| {
-            clients
-                .borrow_mut()
-                .entry(self.connect)
-                .or_insert_with(|| {
-                    http_client_with_connect_timeout(self.connect)
-                        .unwrap_or_else(|_| self.fallback.clone())
-                })
-                .clone()
-        })
-    }
 }
 
 /// Validates `spec` and builds its adapter.
@@ -330,7 +294,7 @@ pub(crate) struct Timeouts {
 /// What both HTTP adapters need to send a request: resolved URL, headers with credentials
 /// (marked sensitive so no `Debug` of a header map shows them), model and timeouts.
 pub(crate) struct HttpEndpoint {
-    pub client: ThreadClients,
+    pub client: reqwest::Client,
     pub url: reqwest::Url,
     pub headers: HeaderMap,
     pub model: String,
@@ -406,13 +370,11 @@ impl HttpEndpoint {
             None => {}
         }
 
-        let connect = Duration::from_millis(spec.connect_timeout_ms);
-        let fallback = if spec.connect_timeout_ms == DEFAULT_CONNECT_TIMEOUT_MS {
+        let client = if spec.connect_timeout_ms == DEFAULT_CONNECT_TIMEOUT_MS {
             http.clone()
         } else {
-            http_client_with_connect_timeout(connect)?
+            http_client_with_connect_timeout(Duration::from_millis(spec.connect_timeout_ms))?
         };
-        let client = ThreadClients { connect, fallback };
         Ok(Self {
             client,
             url,

@@ -294,7 +294,6 @@ pub(crate) async fn send(
 ) -> Result<reqwest::Response, ProviderError> {
     let request = endpoint
         .client
-        .get()
         .post(endpoint.url.clone())
         .headers(endpoint.headers.clone())
         .body(body)
