@@ -294,9 +294,9 @@ pub async fn send(ws: &mut Ws, frame: Value) {
 /// The next JSON text frame (skipping pings), or panics after `timeout`.
 pub async fn recv(ws: &mut Ws) -> Value {
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        let message = tokio::time::timeout(Duration::from_secs(30), ws.next())
             .await
-            .expect("a frame within 10 s")
+            .expect("a frame within 30 s")
             .expect("socket open")
             .expect("no transport error");
         match message {
