@@ -1,6 +1,7 @@
 //! `cache-eval`: runs the cache's hit decision over labelled prompt pairs and prints
 //! precision, recall and hit rate at the configured settings; `--bench` times the embedding
-//! model and a lookup over 100,000 entries.
+//! model and a lookup over 100,000 entries. The model runs as the engine runs it (int8 where
+//! the CPU has AVX-512 VNNI); `--f32` runs the F32 reference instead.
 //!
 //! ```text
 //! cargo run --release -p engine --bin cache-eval -- \
@@ -53,6 +54,9 @@ struct Args {
     /// Print every wrong hit.
     #[arg(long)]
     verbose: bool,
+    /// Run the model in F32 on candle even where the CPU has the int8 kernel.
+    #[arg(long)]
+    f32: bool,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -73,7 +77,9 @@ struct Pair {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let model = MiniLm::load(&args.model_dir)?;
+    let model =
+        if args.f32 { MiniLm::load_f32(&args.model_dir)? } else { MiniLm::load(&args.model_dir)? };
+    println!("model: {} ({})", model.name(), model.precision());
     if args.bench {
         return bench(&model);
     }

@@ -149,6 +149,7 @@ fn sign_code(v: &[f32]) -> Vec<u64> {
 }
 
 /// Dot product with eight independent accumulators, so it vectorises without `unsafe`.
+#[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = a.len() / 8;

@@ -246,6 +246,7 @@ impl Cache {
                 .map_err(|e| anyhow::anyhow!("cache.model_dir ({}): {e:#}", dir.display()))?;
             tracing::info!(
                 model = embedder.space(),
+                precision = embedder.model().precision(),
                 "semantic cache: local embedding model loaded"
             );
             Some(Arc::new(embedder))

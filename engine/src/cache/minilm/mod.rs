@@ -4,8 +4,16 @@
 //!
 //! The directory has the sentence-transformers layout (`config.json`, `model.safetensors`,
 //! `tokenizer.json`). Inputs are never padded, so every token counts in the mean and no
-//! attention mask is needed. The three attention projections are fused into one matmul and
-//! weights are transposed once at load, so a forward pass is 4 matmuls per layer.
+//! attention mask is needed. The three attention projections are fused into one matmul, so a
+//! forward pass is 4 dense layers per block.
+//!
+//! Two ways to run it: [`int8`], int8 weights on AVX-512 VNNI, chosen at load when the CPU
+//! has it (about 4× faster, `docs/benchmarks.md`); otherwise candle in F32 (weights
+//! transposed once at load). The F32 path is also the reference the int8 path is tested
+//! against ([`MiniLm::load_f32`]). Both produce vectors of the same space: they differ by
+//! quantisation noise, well inside what the cache's threshold and verification absorb.
+
+pub mod int8;
 
 use std::path::Path;
 
@@ -58,9 +66,8 @@ struct Layer {
     out_norm: Norm,
 }
 
-/// The loaded model and its tokenizer.
-pub struct MiniLm {
-    tokenizer: WordPiece,
+/// The encoder in F32 on candle.
+struct F32Encoder {
     word: Tensor,
     position: Tensor,
     token_type0: Tensor,
@@ -68,12 +75,34 @@ pub struct MiniLm {
     layers: Vec<Layer>,
     heads: usize,
     hidden: usize,
+}
+
+enum Encoder {
+    F32(F32Encoder),
+    Int8(int8::Encoder),
+}
+
+/// The loaded model and its tokenizer.
+pub struct MiniLm {
+    tokenizer: WordPiece,
+    encoder: Encoder,
+    hidden: usize,
     name: String,
 }
 
 impl MiniLm {
-    /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`.
+    /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`, to run on
+    /// the int8 kernel where the CPU has it.
     pub fn load(dir: &Path) -> anyhow::Result<MiniLm> {
+        let mut model = MiniLm::load_f32(dir)?;
+        if let (Some(cpu), Encoder::F32(f32)) = (int8::Vnni::detect(), &model.encoder) {
+            model.encoder = Encoder::Int8(f32.quantise(cpu)?);
+        }
+        Ok(model)
+    }
+
+    /// Loads the model to run in F32 on candle, whatever the CPU.
+    pub fn load_f32(dir: &Path) -> anyhow::Result<MiniLm> {
         let config_path = dir.join("config.json");
         let config: BertConfig = serde_json::from_str(
             &std::fs::read_to_string(&config_path)
@@ -148,15 +177,26 @@ impl MiniLm {
             .unwrap_or_else(|| "minilm".into());
         Ok(MiniLm {
             tokenizer,
-            word,
-            position,
-            token_type0,
-            embed_norm,
-            layers,
-            heads: config.num_attention_heads,
+            encoder: Encoder::F32(F32Encoder {
+                word,
+                position,
+                token_type0,
+                embed_norm,
+                layers,
+                heads: config.num_attention_heads,
+                hidden: config.hidden_size,
+            }),
             hidden: config.hidden_size,
             name: format!("local:{name}"),
         })
+    }
+
+    /// How the forward pass runs, for the start-up log.
+    pub fn precision(&self) -> &'static str {
+        match self.encoder {
+            Encoder::F32(_) => "f32",
+            Encoder::Int8(_) => "int8 (AVX-512 VNNI)",
+        }
     }
 
     /// Identifies the vector space (entries of another model are never compared).
@@ -176,6 +216,15 @@ impl MiniLm {
     /// The sentence embedding of `text`: unit length, `dimensions()` long.
     pub fn embed(&self, text: &str) -> anyhow::Result<Vec<f32>> {
         let ids = self.tokenizer.encode(text);
+        match &self.encoder {
+            Encoder::F32(encoder) => Ok(encoder.embed(ids)?),
+            Encoder::Int8(encoder) => encoder.embed(&ids),
+        }
+    }
+}
+
+impl F32Encoder {
+    fn embed(&self, ids: Vec<u32>) -> candle_core::Result<Vec<f32>> {
         let n = ids.len();
         let ids = Tensor::from_vec(ids, n, &Device::Cpu)?;
         let mut x = self
@@ -207,7 +256,43 @@ impl MiniLm {
         let pooled = x.mean(0)?;
         let norm = pooled.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
         let pooled = (pooled / f64::from(norm.max(1e-12)))?;
-        Ok(pooled.to_vec1::<f32>()?)
+        pooled.to_vec1::<f32>()
+    }
+
+    /// The same weights as int8 dense layers for the fast path.
+    fn quantise(&self, cpu: int8::Vnni) -> anyhow::Result<int8::Encoder> {
+        let flat = |t: &Tensor| -> anyhow::Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
+        let linear = |d: &Dense| -> anyhow::Result<int8::Linear> {
+            let (inputs, outputs) = d.wt.dims2()?;
+            int8::Linear::new(&flat(&d.wt.t()?.contiguous()?)?, flat(&d.b)?, outputs, inputs)
+        };
+        let norm = |n: &Norm| -> anyhow::Result<int8::Norm> {
+            Ok(int8::Norm { weight: flat(&n.w)?, bias: flat(&n.b)?, eps: n.eps as f32 })
+        };
+        let blocks = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(int8::Block {
+                    qkv: linear(&l.qkv)?,
+                    attn_out: linear(&l.attn_out)?,
+                    attn_norm: norm(&l.attn_norm)?,
+                    up: linear(&l.up)?,
+                    down: linear(&l.down)?,
+                    out_norm: norm(&l.out_norm)?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(int8::Encoder {
+            cpu,
+            word: flat(&self.word)?,
+            position: flat(&self.position)?,
+            token_type0: flat(&self.token_type0)?,
+            embed_norm: norm(&self.embed_norm)?,
+            blocks,
+            heads: self.heads,
+            hidden: self.hidden,
+        })
     }
 }
 
@@ -234,7 +319,8 @@ mod tests {
     #[test]
     fn matches_the_reference_tokenizer_and_embedding() {
         let Some(dir) = model_dir() else { return };
-        let model = MiniLm::load(&dir).unwrap();
+        let model = MiniLm::load_f32(&dir).unwrap();
+        assert_eq!(model.precision(), "f32");
         // Reference: the `tokenizers` library with this tokenizer.json (padding off).
         assert_eq!(
             model.tokenize("This is an example sentence"),
@@ -253,5 +339,40 @@ mod tests {
         }
         let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4);
+    }
+
+    /// The int8 path stays within quantisation noise of the F32 reference, for short, long
+    /// and truncated inputs, and keeps near-misses apart as the reference does.
+    #[test]
+    fn the_int8_path_agrees_with_f32() {
+        let Some(dir) = model_dir() else { return };
+        if int8::Vnni::detect().is_none() {
+            eprintln!("SKIPPED: int8 embedding test (this CPU has no AVX-512 VNNI)");
+            return;
+        }
+        let (fast, reference) = (MiniLm::load(&dir).unwrap(), MiniLm::load_f32(&dir).unwrap());
+        assert_eq!(fast.precision(), "int8 (AVX-512 VNNI)");
+        let long = "how do I rotate the signing keys without logging everyone out ".repeat(20);
+        let texts = [
+            "This is an example sentence",
+            "hi",
+            "Convert 30 km to miles, please!",
+            "Could you please explain how I should configure the retry policy for failed \
+             payment webhooks in our staging environment?",
+            long.as_str(),
+        ];
+        for text in texts {
+            let (a, b) = (fast.embed(text).unwrap(), reference.embed(text).unwrap());
+            let cosine = crate::cache::index::dot(&a, &b);
+            eprintln!("{text:.20}: cosine {cosine}");
+            assert!(cosine > 0.995, "{text:?}: cosine {cosine} with the F32 vector");
+            let norm = crate::cache::index::dot(&a, &a).sqrt();
+            assert!((norm - 1.0).abs() < 1e-4, "{text:?}: norm {norm}");
+        }
+        let pair = |m: &MiniLm, x: &str, y: &str| {
+            crate::cache::index::dot(&m.embed(x).unwrap(), &m.embed(y).unwrap())
+        };
+        let (x, y) = ("convert 30 miles to km", "convert 30 km to miles");
+        assert!((pair(&fast, x, y) - pair(&reference, x, y)).abs() < 0.01);
     }
 }
