@@ -572,9 +572,16 @@ async fn a_named_conversation_is_appended_to() {
     let response = post(&app, "/v1/chat/completions", &body, &conversation).await;
     assert_eq!(response.status(), 400);
     assert_eq!(response.json::<Value>().await.unwrap()["error"]["param"], "model");
-    let response = post(&app, "/v1/chat/completions", &chat("a\u{0}b"), &conversation).await;
-    assert_eq!(response.status(), 400, "stored text cannot hold NUL");
-    assert_eq!(response.json::<Value>().await.unwrap()["error"]["param"], "messages");
+    // The message obeys the rules of REST and WebSocket posts, by the same codes.
+    for (content, code) in [("a\u{0}b", "invalid_text"), (" \n ", "empty_message")] {
+        let response = post(&app, "/v1/chat/completions", &chat(content), &conversation).await;
+        assert_eq!(response.status(), 400, "{content:?}");
+        let error = response.json::<Value>().await.unwrap()["error"].clone();
+        assert_eq!(
+            (error["code"].as_str(), error["param"].as_str()),
+            (Some(code), Some("messages"))
+        );
+    }
     let response =
         post(&app, "/v1/chat/completions", &chat("x"), &[("x-switchyard-conversation", "nope")])
             .await;

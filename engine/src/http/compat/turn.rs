@@ -156,13 +156,9 @@ pub async fn start(
             ));
         }
     };
-    if last.contains('\0') {
-        // Stored text cannot hold NUL (see `conversations::check_message`).
-        return Err(CompatError::invalid(
-            "messages",
-            "with x-switchyard-conversation the message must not contain NUL (U+0000) characters",
-        ));
-    }
+    // Appended to a stored conversation, it obeys the rule of every other way in.
+    crate::conversations::check_message(&last, state.config.limits.max_message_bytes)
+        .map_err(|e| CompatError { param: Some("messages".into()), ..CompatError::from(e) })?;
     conversation(state, principal, id, model, last).await
 }
 
