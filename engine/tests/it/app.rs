@@ -386,7 +386,9 @@ impl ProcessNode {
     /// until accounts are stored in PostgreSQL, so each node is logged into separately.
     pub async fn token(&self) -> String {
         let body = serde_json::json!({ "email": OWNER_EMAIL, "password": OWNER_PASSWORD });
-        let login: Value = reqwest::Client::new()
+        let login: Value = test_client()
+            .build()
+            .unwrap()
             .post(self.url("/api/v1/auth/login"))
             .json(&body)
             .send()
@@ -396,11 +398,6 @@ impl ProcessNode {
             .await
             .unwrap();
         login["access_token"].as_str().expect("an access token").to_owned()
-    }
-
-    /// A client that sends this node's token on every request.
-    pub async fn http(&self) -> reqwest::Client {
-        client_with(&self.token().await)
     }
 
     /// Logs the bootstrap owner in once, for [`ProcessNode::client`] and [`ProcessNode::ws`].
@@ -418,12 +415,6 @@ impl ProcessNode {
     pub async fn ws(&self, conversation_id: &str) -> Ws {
         let request = ws_request(self.addr, conversation_id, &self.token);
         tokio_tungstenite::connect_async(request).await.expect("websocket connects").0
-    }
-
-    pub async fn ws_connect(&self, conversation_id: &str) -> Ws {
-        let request = ws_request(self.addr, conversation_id, &self.token().await);
-        let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
-        ws
     }
 
     /// The process id, for reading the node's memory from `/proc/<pid>/status`.

@@ -224,9 +224,9 @@ async fn a_client_whose_node_is_killed_resumes_on_another_node_with_no_gap() {
     let db = TestDatabase::create(&services.database).await;
     let fake = FakeLlmServer::start(scenario()).unwrap();
     let toml = process_toml(&fake, &cluster_toml(&db.url, &services.redis, &prefix()));
-    let mut a = spawn_process_node("a", &toml);
-    let b = spawn_process_node("b", &toml);
-    let (http_a, http_b) = (a.http().await, b.http().await);
+    let mut a = spawn_process_node("a", &toml).signed_in().await;
+    let b = spawn_process_node("b", &toml).signed_in().await;
+    let (http_a, http_b) = (a.client(), b.client());
 
     let created: Value = http_a
         .post(a.url("/api/v1/conversations"))
@@ -238,8 +238,8 @@ async fn a_client_whose_node_is_killed_resumes_on_another_node_with_no_gap() {
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
-    let mut on_a = a.ws_connect(&id).await;
-    let mut watcher_on_b = b.ws_connect(&id).await;
+    let mut on_a = a.ws(&id).await;
+    let mut watcher_on_b = b.ws(&id).await;
     watch(&mut watcher_on_b, 0).await;
     send(&mut on_a, json!({"type": "user_message", "content": "Before the crash"})).await;
     let seen = recv_turn(&mut on_a).await;
@@ -269,7 +269,7 @@ async fn a_client_whose_node_is_killed_resumes_on_another_node_with_no_gap() {
 
     // The client reconnects to B and resumes from the middle of what it saw.
     let mid = seen[3]["seq"].as_u64().unwrap();
-    let mut resumed = b.ws_connect(&id).await;
+    let mut resumed = b.ws(&id).await;
     send(&mut resumed, json!({"type": "resume", "after_seq": mid})).await;
     let mut replayed = Vec::new();
     while replayed.len() < (last - mid) as usize {

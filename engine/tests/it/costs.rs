@@ -526,9 +526,9 @@ async fn a_budget_holds_across_two_nodes() {
     )
     .replace("[costs.prices.fallback]\ninput_per_mtok = 3.0\noutput_per_mtok = 15.0\n", "")
     .replace("[costs.prices.cheap]\ninput_per_mtok = 0.15\noutput_per_mtok = 0.60\n", "");
-    let a = spawn_process_node("budget-a", &config);
-    let b = spawn_process_node("budget-b", &config);
-    let (http_a, http_b) = (a.http().await, b.http().await);
+    let a = spawn_process_node("budget-a", &config).signed_in().await;
+    let b = spawn_process_node("budget-b", &config).signed_in().await;
+    let (http_a, http_b) = (a.client(), b.client());
 
     let set = http_a
         .put(a.url("/api/v1/tenants/default/budget"))
