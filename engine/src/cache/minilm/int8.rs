@@ -103,12 +103,12 @@ impl Linear {
         Ok(Linear { inputs, outputs, packed, scale, bias, levels })
     }
 
-    /// `x` is `rows × inputs`; returns `rows × outputs`.
-    pub fn forward(&self, cpu: Vnni, x: &[f32], rows: usize) -> Vec<f32> {
+    /// `x` is `rows × inputs`; returns `rows × outputs`. `_cpu` is the proof the kernel
+    /// may run.
+    pub fn forward(&self, _cpu: Vnni, x: &[f32], rows: usize) -> Vec<f32> {
         assert_eq!(x.len(), rows * self.inputs, "input is not rows × inputs");
         let mut y = vec![0f32; rows * self.outputs];
-        let _proof = cpu;
-        // SAFETY: `cpu` proves the features; the sizes were checked above and in `new`.
+        // SAFETY: `_cpu` proves the features; the sizes were checked above and in `new`.
         #[cfg(target_arch = "x86_64")]
         unsafe {
             let tokens = Quantised::of(x, rows, self.inputs, self.levels);

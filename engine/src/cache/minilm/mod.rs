@@ -92,11 +92,15 @@ pub struct MiniLm {
 
 impl MiniLm {
     /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`, to run on
-    /// the int8 kernel where the CPU has it.
+    /// the int8 kernel where the CPU has it. A model whose shapes the kernel cannot take
+    /// still loads, in F32.
     pub fn load(dir: &Path) -> anyhow::Result<MiniLm> {
         let mut model = MiniLm::load_f32(dir)?;
         if let (Some(cpu), Encoder::F32(f32)) = (int8::Vnni::detect(), &model.encoder) {
-            model.encoder = Encoder::Int8(f32.quantise(cpu)?);
+            match f32.quantise(cpu) {
+                Ok(int8) => model.encoder = Encoder::Int8(int8),
+                Err(e) => tracing::warn!(error = %e, "embedding model runs in f32"),
+            }
         }
         Ok(model)
     }
@@ -364,7 +368,6 @@ mod tests {
         for text in texts {
             let (a, b) = (fast.embed(text).unwrap(), reference.embed(text).unwrap());
             let cosine = crate::cache::index::dot(&a, &b);
-            eprintln!("{text:.20}: cosine {cosine}");
             assert!(cosine > 0.995, "{text:?}: cosine {cosine} with the F32 vector");
             let norm = crate::cache::index::dot(&a, &a).sqrt();
             assert!((norm - 1.0).abs() < 1e-4, "{text:?}: norm {norm}");
