@@ -205,6 +205,9 @@ impl Drop for TestApp {
             while !thread.is_finished() {
                 if std::time::Instant::now() > deadline {
                     let phase = STOP_PHASES[usize::from(self.stopping.load(Ordering::Acquire))];
+                    if !std::thread::panicking() {
+                        eprintln!("{}", thread_stacks());
+                    }
                     assert!(
                         std::thread::panicking(),
                         "the engine did not stop within 60 s; it got as far as: {phase}"
@@ -215,6 +218,19 @@ impl Drop for TestApp {
             }
             let _ = thread.join();
         }
+    }
+}
+
+/// Every thread's stack in this process, from gdb when it is installed: what a hung engine
+/// was waiting on, printed with the failure that reports the hang.
+fn thread_stacks() -> String {
+    let pid = std::process::id().to_string();
+    match std::process::Command::new("gdb")
+        .args(["-p", &pid, "-batch", "-nx", "-ex", "thread apply all bt"])
+        .output()
+    {
+        Ok(out) => format!("thread stacks (gdb):\n{}", String::from_utf8_lossy(&out.stdout)),
+        Err(e) => format!("no thread stacks: gdb did not run ({e})"),
     }
 }
 
