@@ -92,14 +92,15 @@ async fn connect(
             Some(ready) => ready,
             None => {
                 let timeout = Duration::from_secs(limits.ws_auth_timeout_secs.max(1));
-                match first_frame_auth(
+                // Boxed: it runs once, and inline it would size every session's task.
+                match Box::pin(first_frame_auth(
                     &state,
                     &mut session,
                     &mut frames,
                     &conversation_id,
                     timeout,
                     limits.ws_max_frame_bytes,
-                )
+                ))
                 .await
                 {
                     Some(ready) => ready,

@@ -83,6 +83,10 @@ impl SessionAccess {
 const CLOSE_UNAUTHORIZED: CloseCode = CloseCode::Other(super::CLOSE_UNAUTHORIZED);
 
 /// Runs the session until the client leaves, misbehaves, or the engine shuts down.
+///
+/// The awaits behind client frames (token checks, subscribing, posting) are boxed: a task is
+/// as big as the largest future it may ever await, and every idle socket holds its task, so
+/// those futures live on the heap only while they run (see docs/benchmarks.md, issue 10).
 pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: SessionParams) {
     let SessionParams { mut link, limits, mut shutdown, mut access } = params;
     let expiry = tokio::time::sleep_until(access.deadline());
@@ -151,7 +155,7 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
                     // A fresh token for the same user and tenant extends the session.
                     ClientFrame::Auth { token } => {
                         let conversation = link.conversation_id().to_owned();
-                        match access.auth.websocket(&Credential::parse(&token), &conversation).await {
+                        match Box::pin(access.auth.websocket(&Credential::parse(&token), &conversation)).await {
                             Ok((who, can_write)) if who.user_id == access.who.user_id && who.tenant_id == access.who.tenant_id => {
                                 access.who = who;
                                 access.can_write = can_write;
@@ -165,25 +169,25 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
                     ClientFrame::UserMessage { .. } | ClientFrame::Cancel(_) if !access.can_write => {
                         writer.error("forbidden", "your credentials do not allow writing to this conversation").await
                     }
-                    ClientFrame::Resume { after_seq } => match link.subscribe(Some(after_seq)).await {
+                    ClientFrame::Resume { after_seq } => match Box::pin(link.subscribe(Some(after_seq))).await {
                         Ok((receiver, _)) => { events = Some(receiver); Ok(()) }
                         Err(e) => writer.api_error(&e).await,
                     },
                     ClientFrame::UserMessage { client_id, content, cache } => {
                         if let Err(e) = crate::conversations::check_message(&content, limits.max_message_bytes) {
                             writer.api_error(&e).await
-                        } else if let Err(e) = access.auth.count_request(&access.who).await {
+                        } else if let Err(e) = Box::pin(access.auth.count_request(&access.who)).await {
                             writer.api_error(&e).await
                         } else {
                             if events.is_none() {
                                 // Watch the conversation from now on so the reply reaches us.
-                                match link.subscribe(None).await {
+                                match Box::pin(link.subscribe(None)).await {
                                     Ok((receiver, _)) => events = Some(receiver),
                                     Err(e) => { if writer.api_error(&e).await.is_err() { break End::Drop } continue; }
                                 }
                             }
                             // The ack arrives through the subscription, after the durable write.
-                            match link.post_with(client_id, content, crate::conversations::cache_mode(cache)).await {
+                            match Box::pin(link.post_with(client_id, content, crate::conversations::cache_mode(cache))).await {
                                 Ok(_) => Ok(()),
                                 Err(e) => writer.api_error(&e).await,
                             }
