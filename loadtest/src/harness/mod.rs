@@ -17,6 +17,7 @@
 pub mod client;
 pub mod cost;
 pub mod cpu;
+pub mod memory;
 pub mod openai;
 pub mod report;
 pub mod scenario;
@@ -46,24 +47,32 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<report::Report> {
         Mode::Openai => openai::run(&scenario, &client, progress.clone(), started).await?,
     };
     progress.finish();
-    let _ = reporter.await;
+    let memory = reporter.await.ok().and_then(|probe| probe.result());
     let elapsed = started.elapsed();
     let cpu = cpu::Snapshot::take(scenario.engine_pid).since(&cpu_before, elapsed);
-    Ok(report::Report::build(&scenario, &stats, elapsed, cpu))
+    let mut report = report::Report::build(&scenario, &stats, elapsed, cpu);
+    report.engine_memory = memory;
+    Ok(report)
 }
 
 mod progress {
-    //! The progress line, redrawn every second on stderr.
+    //! The progress line, redrawn every second on stderr; the engine's memory is sampled on
+    //! the same tick.
     use std::io::Write;
 
+    use super::memory::MemoryProbe;
     use super::*;
 
-    pub async fn run(progress: Arc<Progress>, scenario: Scenario, started: Instant) {
+    pub async fn run(progress: Arc<Progress>, scenario: Scenario, started: Instant) -> MemoryProbe {
         let total = scenario.ramp_up + scenario.duration;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut memory = MemoryProbe::new(scenario.engine_pid, scenario.connections);
         loop {
             tick.tick().await;
             let done = progress.is_finished();
+            if !done {
+                memory.observe(progress.snapshot().0);
+            }
             let elapsed = started.elapsed().min(total);
             let share = elapsed.as_secs_f64() / total.as_secs_f64().max(0.001);
             let filled = (share * 30.0).round() as usize;
@@ -77,7 +86,7 @@ mod progress {
             let _ = std::io::stderr().flush();
             if done {
                 eprintln!();
-                return;
+                return memory;
             }
         }
     }

@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::cpu::CpuUsage;
+use super::memory::EngineMemory;
 use super::scenario::Scenario;
 use super::stats::Stats;
 
@@ -89,6 +90,8 @@ pub struct Report {
     pub gap: Percentiles,
     pub turn: Percentiles,
     pub cpu: CpuUsage,
+    /// The engine's resident memory per held connection (with `--engine-pid`).
+    pub engine_memory: Option<EngineMemory>,
     pub timeline: Vec<Second>,
     pub curves: Curve,
 }
@@ -140,6 +143,7 @@ impl Report {
             gap: Percentiles::of(&stats.gap),
             turn: Percentiles::of(&stats.turn),
             cpu,
+            engine_memory: None,
             timeline: stats
                 .timeline
                 .iter()
@@ -228,6 +232,13 @@ impl Report {
             cores(self.cpu.harness_cores),
             cores(self.cpu.engine_cores)
         );
+        if let Some(m) = &self.engine_memory {
+            let _ = writeln!(
+                out,
+                "engine memory: {:.1} KiB per held connection (RSS {} → {} KiB from {} to {} held)",
+                m.per_connection_kib, m.first.rss_kib, m.full.rss_kib, m.first.held, m.full.held
+            );
+        }
         out
     }
 
