@@ -74,7 +74,7 @@ async fn connect(
         }
         None => None,
     };
-    let (mut response, mut session, stream) = actix_ws::handle(&req, body).map_err(|_| {
+    let (mut response, session, stream) = actix_ws::handle(&req, body).map_err(|_| {
         ApiError::bad_request("not_websocket", "this endpoint expects a WebSocket upgrade")
     })?;
     if let Some(echo) = echo.and_then(|e| HeaderValue::from_str(&e).ok()) {
@@ -82,43 +82,20 @@ async fn connect(
     }
     let limits = state.config.limits.clone();
     let hard_cap = limits.ws_max_frame_bytes.saturating_mul(HARD_FRAME_FACTOR);
-    let mut frames =
+    let frames =
         stream.max_frame_size(hard_cap).aggregate_continuations().max_continuation_size(hard_cap);
     let counted = state.clone().into_inner().track_websocket_session();
     metrics::counter!("switchyard_websocket_connections_total").increment(1);
-    let state = state.into_inner();
-    actix_rt::spawn(async move {
-        let (who, can_write, link) = match authorized {
-            Some(ready) => ready,
-            None => {
-                let timeout = Duration::from_secs(limits.ws_auth_timeout_secs.max(1));
-                // Boxed: it runs once, and inline it would size every session's task.
-                match Box::pin(first_frame_auth(
-                    &state,
-                    &mut session,
-                    &mut frames,
-                    &conversation_id,
-                    timeout,
-                    limits.ws_max_frame_bytes,
-                ))
-                .await
-                {
-                    Some(ready) => ready,
-                    None => return,
-                }
-            }
-        };
-        let access = session::SessionAccess {
-            revocations: state.auth.revocations(),
-            auth: state.auth.clone(),
-            who,
-            can_write,
-        };
-        let params =
-            session::SessionParams { link, limits, shutdown: state.session_shutdown(), access };
-        session::run(session, frames, params).await;
-        drop(counted);
-    });
+    // The session's task is the one future every open socket keeps, so it is built flat:
+    // `session::run` owns everything from here (see its docs).
+    let start = session::SessionStart {
+        state: state.into_inner(),
+        conversation_id,
+        limits,
+        authorized,
+        counted,
+    };
+    actix_rt::spawn(session::run(session, frames, Box::new(start)));
     Ok(response)
 }
 
@@ -144,7 +121,7 @@ fn protocol_token(req: &HttpRequest) -> (Option<String>, Option<String>) {
 
 /// Waits for `{"type":"auth"}`; on anything else, a timeout or a refusal, sends an `error`
 /// frame, closes the socket and answers `None`.
-async fn first_frame_auth(
+pub(super) async fn first_frame_auth(
     state: &AppState,
     session: &mut Session,
     frames: &mut AggregatedMessageStream,

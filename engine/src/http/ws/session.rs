@@ -34,6 +34,7 @@ use crate::auth::{AuthService, Authenticated, Credential};
 use crate::config::LimitsConfig;
 use crate::conversations::ConversationLink;
 use crate::error::ApiError;
+use crate::server::{AppState, SessionGuard};
 
 /// Consecutive rate-limit violations before the socket is closed as abusive.
 const MAX_RATE_VIOLATIONS: u32 = 50;
@@ -46,12 +47,16 @@ enum End {
     Drop,
 }
 
-/// Everything a session needs, handed over by the route once the socket is authenticated.
-pub struct SessionParams {
-    pub link: ConversationLink,
+/// What the route hands a new session: the socket may still have to authenticate with its
+/// first frame (`authorized` is `None`).
+pub struct SessionStart {
+    pub state: Arc<AppState>,
+    pub conversation_id: String,
     pub limits: LimitsConfig,
-    pub shutdown: watch::Receiver<bool>,
-    pub access: SessionAccess,
+    /// The caller, whether it may write, and its link, when the handshake carried a token.
+    pub authorized: Option<(Authenticated, bool, ConversationLink)>,
+    /// Counts the socket as open until the session ends.
+    pub counted: SessionGuard,
 }
 
 /// The socket's credential and what it allows.
@@ -84,11 +89,66 @@ const CLOSE_UNAUTHORIZED: CloseCode = CloseCode::Other(super::CLOSE_UNAUTHORIZED
 
 /// Runs the session until the client leaves, misbehaves, or the engine shuts down.
 ///
-/// The awaits behind client frames (token checks, subscribing, posting) are boxed: a task is
-/// as big as the largest future it may ever await, and every idle socket holds its task, so
-/// those futures live on the heap only while they run (see docs/benchmarks.md, issue 10).
-pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: SessionParams) {
-    let SessionParams { mut link, limits, mut shutdown, mut access } = params;
+/// Every open socket keeps this future for as long as it is open, so its size is memory per
+/// connection (docs/benchmarks.md, issue 10) and it is built to stay small:
+/// - a plain `async move` block rather than an `async fn`, whose arguments rustc stores twice
+///   (as arguments and as the locals they are moved into); `start` arrives boxed so that its
+///   fields, moved out, are held once;
+/// - the awaits behind client frames (first-frame auth, token checks, subscribing, posting)
+///   are boxed: inline, the largest of them would size every session, idle or not.
+#[allow(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
+pub fn run(
+    mut session: Session,
+    mut frames: AggregatedMessageStream,
+    start: Box<SessionStart>,
+) -> impl Future<Output = ()> {
+    async move {
+        // In a block of its own so that what only the start needs is not kept beside `serve`.
+        let (mut link, mut access, mut shutdown, limits, counted) = {
+            let SessionStart { state, conversation_id, limits, authorized, counted } = *start;
+            let (who, can_write, link) = match authorized {
+                Some(ready) => ready,
+                None => {
+                    let timeout = Duration::from_secs(limits.ws_auth_timeout_secs.max(1));
+                    let first = super::first_frame_auth(
+                        &state,
+                        &mut session,
+                        &mut frames,
+                        &conversation_id,
+                        timeout,
+                        limits.ws_max_frame_bytes,
+                    );
+                    match Box::pin(first).await {
+                        Some(ready) => ready,
+                        None => return,
+                    }
+                }
+            };
+            let access = SessionAccess {
+                revocations: state.auth.revocations(),
+                auth: state.auth.clone(),
+                who,
+                can_write,
+            };
+            (link, access, state.session_shutdown(), limits, counted)
+        };
+        serve(&session, &mut frames, &mut link, &limits, &mut shutdown, &mut access).await;
+        // Dropping the last handle on the socket ends the response stream: actix-http closes
+        // the connection (after a close frame, if `serve` sent one).
+        drop((session, counted));
+    }
+}
+
+/// The session proper, on an authenticated socket. Borrows what `run` owns: an `async fn`
+/// stores owned arguments twice.
+async fn serve(
+    session: &Session,
+    frames: &mut AggregatedMessageStream,
+    link: &mut ConversationLink,
+    limits: &LimitsConfig,
+    shutdown: &mut watch::Receiver<bool>,
+    access: &mut SessionAccess,
+) {
     let expiry = tokio::time::sleep_until(access.deadline());
     tokio::pin!(expiry);
     let write_timeout = Duration::from_millis(limits.ws_write_timeout_ms);
@@ -234,14 +294,14 @@ pub async fn run(session: Session, mut frames: AggregatedMessageStream, params: 
     link.unsubscribe();
     match end {
         End::ClientClosed => {
-            let _ = tokio::time::timeout(write_timeout, session.close(None)).await;
+            let _ = tokio::time::timeout(write_timeout, session.clone().close(None)).await;
         }
         End::Close(code, description) => {
             let reason = CloseReason { code, description: Some(description.to_owned()) };
-            let _ = tokio::time::timeout(write_timeout, session.close(Some(reason))).await;
+            let _ = tokio::time::timeout(write_timeout, session.clone().close(Some(reason))).await;
         }
-        // Dropping the session ends the response stream; actix-http closes the connection.
-        End::Drop => drop(session),
+        // `run` drops the session.
+        End::Drop => {}
     }
 }
 
@@ -298,22 +358,35 @@ impl Writer {
         }
     }
 
-    async fn frame(&mut self, frame: &SessionFrame<'_>) -> Result<(), WriteFailed> {
+    // The frames below are serialized before the write is awaited, so each is awaited as the
+    // write alone and no larger future sizes the session.
+
+    fn frame<'w>(
+        &'w mut self,
+        frame: &SessionFrame<'_>,
+    ) -> impl Future<Output = Result<(), WriteFailed>> + use<'w> {
         let kind = match frame {
             SessionFrame::Pong => "pong",
             SessionFrame::Error { .. } => "error",
         };
         metrics::counter!("switchyard_websocket_frames_total", "direction" => "out", "type" => kind)
             .increment(1);
-        self.text(frame.to_json()).await
+        self.text(frame.to_json())
     }
 
-    async fn error(&mut self, code: &str, message: &str) -> Result<(), WriteFailed> {
-        self.frame(&SessionFrame::Error { code, message }).await
+    fn error<'w>(
+        &'w mut self,
+        code: &str,
+        message: &str,
+    ) -> impl Future<Output = Result<(), WriteFailed>> + use<'w> {
+        self.frame(&SessionFrame::Error { code, message })
     }
 
-    async fn api_error(&mut self, error: &ApiError) -> Result<(), WriteFailed> {
-        self.error(error.code(), error.message()).await
+    fn api_error<'w>(
+        &'w mut self,
+        error: &ApiError,
+    ) -> impl Future<Output = Result<(), WriteFailed>> + use<'w> {
+        self.error(error.code(), error.message())
     }
 
     async fn ping(&mut self) -> Result<(), WriteFailed> {
