@@ -11,7 +11,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
@@ -24,6 +24,29 @@ use crate::auth::AuthService;
 use crate::config::Config;
 use crate::tree::Tree;
 
+/// The steps of [`Engine::shutdown`], in order.
+const SHUTDOWN_PHASES: [&str; 7] = [
+    "serving",
+    "pausing the listener",
+    "draining turns",
+    "closing WebSocket sessions",
+    "releasing conversation leases",
+    "stopping the HTTP server",
+    "stopped",
+];
+
+/// How far a shutdown has got, as an index into [`SHUTDOWN_PHASES`] (0 while serving): a
+/// shutdown that never ends names the step it is stuck in.
+#[derive(Clone, Default)]
+pub struct ShutdownProgress(Arc<AtomicU8>);
+
+impl ShutdownProgress {
+    pub fn phase(&self) -> &'static str {
+        let phase = usize::from(self.0.load(Ordering::Acquire));
+        SHUTDOWN_PHASES.get(phase).copied().unwrap_or("unknown")
+    }
+}
+
 /// Everything a handler may reach, shared by all workers.
 pub struct AppState {
     pub config: Arc<Config>,
@@ -31,7 +54,7 @@ pub struct AppState {
     pub tree: Tree,
     /// Authentication, authorization, accounts and limits.
     pub auth: Arc<AuthService>,
-    shutting_down: AtomicBool,
+    shutdown: ShutdownProgress,
     websocket_sessions: AtomicUsize,
     /// Flipped once when WebSocket sessions must close with 1012.
     close_sessions: watch::Sender<bool>,
@@ -39,7 +62,17 @@ pub struct AppState {
 
 impl AppState {
     pub fn shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
+        self.shutdown.0.load(Ordering::Relaxed) > 0
+    }
+
+    /// Where [`Engine::shutdown`] is; outlives the engine.
+    pub fn shutdown_progress(&self) -> ShutdownProgress {
+        self.shutdown.clone()
+    }
+
+    fn enter_shutdown_phase(&self, phase: u8) {
+        self.shutdown.0.store(phase, Ordering::Release);
+        tracing::info!(phase = SHUTDOWN_PHASES[usize::from(phase)], "shutting down");
     }
 
     /// Open WebSocket sessions on this node.
@@ -95,7 +128,7 @@ impl Engine {
             registry,
             tree,
             auth,
-            shutting_down: AtomicBool::new(false),
+            shutdown: ShutdownProgress::default(),
             websocket_sessions: AtomicUsize::new(0),
             close_sessions,
         });
@@ -160,22 +193,27 @@ impl Engine {
 
     /// The phased shutdown described at the top of this module.
     pub async fn shutdown(state: web::Data<AppState>, handle: ServerHandle) {
-        state.shutting_down.store(true, Ordering::Relaxed);
+        state.enter_shutdown_phase(1);
         handle.pause().await;
+        state.enter_shutdown_phase(2);
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
         let deadline = Instant::now() + grace;
         while state.tree.turns_in_flight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        state.enter_shutdown_phase(3);
         let _ = state.close_sessions.send(true);
         // Give sessions a moment to send their close frames.
         tokio::time::sleep(Duration::from_millis(200)).await;
         // Hand this node's conversations back, so other nodes take them over at once
         // instead of after their leases expire.
         if let Some(cluster) = state.tree.conversations.cluster() {
+            state.enter_shutdown_phase(4);
             cluster.release_all().await;
         }
+        state.enter_shutdown_phase(5);
         handle.stop(true).await;
+        state.enter_shutdown_phase(6);
     }
 }
 

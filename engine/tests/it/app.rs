@@ -30,6 +30,8 @@ pub struct TestApp {
     thread: Option<std::thread::JoinHandle<()>>,
     /// How far the engine thread got in stopping (see [`STOP_PHASES`]).
     stopping: Arc<AtomicU8>,
+    /// The step the engine's own shutdown is in.
+    shutdown: engine::server::ShutdownProgress,
 }
 
 /// The engine with two models on `fake-llm`: `primary` (scripted by `primary_knobs`, an
@@ -86,7 +88,7 @@ default_model = "primary"
         actix_rt::System::new().block_on(async move {
             let engine = Engine::start(config).await.expect("engine starts");
             let owner = login_in_process(&engine, OWNER_EMAIL, OWNER_PASSWORD).await;
-            addr_tx.send((engine.addr(), owner)).unwrap();
+            addr_tx.send((engine.addr(), owner, engine.state().shutdown_progress())).unwrap();
             let (state, handle) = (engine.state(), engine.handle());
             actix_rt::spawn(async move {
                 // The test's drop asks us to stop; poll without blocking the runtime.
@@ -104,7 +106,7 @@ default_model = "primary"
             progress.store(3, Ordering::Release);
         });
     });
-    let (addr, owner) =
+    let (addr, owner, shutdown) =
         addr_rx.recv_timeout(Duration::from_secs(30)).expect("engine reports its address");
     TestApp {
         addr,
@@ -115,6 +117,7 @@ default_model = "primary"
         stop: Some(stop_tx),
         thread: Some(thread),
         stopping,
+        shutdown,
     }
 }
 
@@ -208,9 +211,11 @@ impl Drop for TestApp {
                     if !std::thread::panicking() {
                         eprintln!("{}", thread_stacks());
                     }
+                    let step = self.shutdown.phase();
                     assert!(
                         std::thread::panicking(),
-                        "the engine did not stop within 60 s; it got as far as: {phase}"
+                        "the engine did not stop within 60 s; it got as far as: {phase} \
+                         (Engine::shutdown: {step})"
                     );
                     return;
                 }
@@ -222,14 +227,25 @@ impl Drop for TestApp {
 }
 
 /// Every thread's stack in this process, from gdb when it is installed: what a hung engine
-/// was waiting on, printed with the failure that reports the hang.
+/// was waiting on, printed with the failure that reports the hang. gdb writes to a file, not
+/// a pipe: it stops every thread of this process, the one that would drain a pipe included.
 fn thread_stacks() -> String {
+    let path = std::env::temp_dir().join(format!("switchyard-stacks-{}.txt", std::process::id()));
+    let Ok(file) = std::fs::File::create(&path) else {
+        return String::from("no thread stacks: could not create a file for them");
+    };
     let pid = std::process::id().to_string();
-    match std::process::Command::new("gdb")
-        .args(["-p", &pid, "-batch", "-nx", "-ex", "thread apply all bt"])
-        .output()
-    {
-        Ok(out) => format!("thread stacks (gdb):\n{}", String::from_utf8_lossy(&out.stdout)),
+    let ran = std::process::Command::new("gdb")
+        .args(["-p", &pid, "-batch", "-nx", "-iex", "set debuginfod enabled off"])
+        .args(["-ex", "thread apply all bt"])
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().expect("clone a file handle"))
+        .stderr(file)
+        .status();
+    let stacks = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    match ran {
+        Ok(_) => format!("thread stacks (gdb):\n{stacks}"),
         Err(e) => format!("no thread stacks: gdb did not run ({e})"),
     }
 }
