@@ -25,25 +25,59 @@ use crate::config::Config;
 use crate::tree::Tree;
 
 /// The steps of [`Engine::shutdown`], in order.
-const SHUTDOWN_PHASES: [&str; 7] = [
-    "serving",
-    "pausing the listener",
-    "draining turns",
-    "closing WebSocket sessions",
-    "releasing conversation leases",
-    "stopping the HTTP server",
-    "stopped",
-];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum ShutdownPhase {
+    Serving,
+    PausingListener,
+    DrainingTurns,
+    ClosingSessions,
+    ReleasingLeases,
+    StoppingServer,
+    Stopped,
+}
 
-/// How far a shutdown has got, as an index into [`SHUTDOWN_PHASES`] (0 while serving): a
-/// shutdown that never ends names the step it is stuck in.
+impl ShutdownPhase {
+    const ALL: [ShutdownPhase; 7] = [
+        ShutdownPhase::Serving,
+        ShutdownPhase::PausingListener,
+        ShutdownPhase::DrainingTurns,
+        ShutdownPhase::ClosingSessions,
+        ShutdownPhase::ReleasingLeases,
+        ShutdownPhase::StoppingServer,
+        ShutdownPhase::Stopped,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ShutdownPhase::Serving => "serving",
+            ShutdownPhase::PausingListener => "pausing the listener",
+            ShutdownPhase::DrainingTurns => "draining turns",
+            ShutdownPhase::ClosingSessions => "closing WebSocket sessions",
+            ShutdownPhase::ReleasingLeases => "releasing conversation leases",
+            ShutdownPhase::StoppingServer => "stopping the HTTP server",
+            ShutdownPhase::Stopped => "stopped",
+        }
+    }
+}
+
+/// How far a shutdown has got: a shutdown that never ends names the step it is stuck in.
 #[derive(Clone, Default)]
 pub struct ShutdownProgress(Arc<AtomicU8>);
 
 impl ShutdownProgress {
+    fn get(&self) -> ShutdownPhase {
+        let index = usize::from(self.0.load(Ordering::Acquire));
+        ShutdownPhase::ALL.get(index).copied().unwrap_or(ShutdownPhase::Serving)
+    }
+
+    fn enter(&self, phase: ShutdownPhase) {
+        self.0.store(phase as u8, Ordering::Release);
+        tracing::info!(phase = phase.name(), "shutting down");
+    }
+
     pub fn phase(&self) -> &'static str {
-        let phase = usize::from(self.0.load(Ordering::Acquire));
-        SHUTDOWN_PHASES.get(phase).copied().unwrap_or("unknown")
+        self.get().name()
     }
 }
 
@@ -62,17 +96,12 @@ pub struct AppState {
 
 impl AppState {
     pub fn shutting_down(&self) -> bool {
-        self.shutdown.0.load(Ordering::Relaxed) > 0
+        self.shutdown.get() != ShutdownPhase::Serving
     }
 
     /// Where [`Engine::shutdown`] is; outlives the engine.
     pub fn shutdown_progress(&self) -> ShutdownProgress {
         self.shutdown.clone()
-    }
-
-    fn enter_shutdown_phase(&self, phase: u8) {
-        self.shutdown.0.store(phase, Ordering::Release);
-        tracing::info!(phase = SHUTDOWN_PHASES[usize::from(phase)], "shutting down");
     }
 
     /// Open WebSocket sessions on this node.
@@ -193,27 +222,27 @@ impl Engine {
 
     /// The phased shutdown described at the top of this module.
     pub async fn shutdown(state: web::Data<AppState>, handle: ServerHandle) {
-        state.enter_shutdown_phase(1);
+        state.shutdown.enter(ShutdownPhase::PausingListener);
         handle.pause().await;
-        state.enter_shutdown_phase(2);
+        state.shutdown.enter(ShutdownPhase::DrainingTurns);
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
         let deadline = Instant::now() + grace;
         while state.tree.turns_in_flight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        state.enter_shutdown_phase(3);
+        state.shutdown.enter(ShutdownPhase::ClosingSessions);
         let _ = state.close_sessions.send(true);
         // Give sessions a moment to send their close frames.
         tokio::time::sleep(Duration::from_millis(200)).await;
         // Hand this node's conversations back, so other nodes take them over at once
         // instead of after their leases expire.
         if let Some(cluster) = state.tree.conversations.cluster() {
-            state.enter_shutdown_phase(4);
+            state.shutdown.enter(ShutdownPhase::ReleasingLeases);
             cluster.release_all().await;
         }
-        state.enter_shutdown_phase(5);
+        state.shutdown.enter(ShutdownPhase::StoppingServer);
         handle.stop(true).await;
-        state.enter_shutdown_phase(6);
+        state.shutdown.enter(ShutdownPhase::Stopped);
     }
 }
 
