@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use actix_web::dev::ServerHandle;
-use actix_web::{App, HttpServer, web};
+use actix_http::HttpService;
+use actix_service::{IntoServiceFactory, map_config};
+use actix_web::dev::{AppConfig, ServerHandle};
+use actix_web::web;
 use actors::registry::Registry;
 use anyhow::Context;
 use tokio::sync::watch;
@@ -137,7 +139,7 @@ pub struct Engine {
     addr: SocketAddr,
     state: web::Data<AppState>,
     handle: ServerHandle,
-    server: actix_web::dev::Server,
+    server: actix_server::Server,
 }
 
 impl Engine {
@@ -169,37 +171,42 @@ impl Engine {
         let socket_tuning = SocketTuning::from_limits(&limits);
         let connections = crate::http::connections::ConnectionLimiter::new(&limits);
         let app_state = state.clone();
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .wrap(actix_web::middleware::from_fn(crate::http::connections::admit))
-                .wrap(actix_web::middleware::from_fn(crate::http::body::guard))
-                // Outermost: times, counts and traces everything below, errors included.
-                .wrap(actix_web::middleware::from_fn(crate::telemetry::http::observe))
-                .app_data(app_state.clone())
-                .app_data(crate::http::body::json_config(limits.max_body_bytes))
-                .app_data(web::PayloadConfig::default().limit(limits.max_body_bytes))
-                .configure(crate::http::routes)
-        })
-        .on_connect(move |conn, data| {
-            if let Some(tcp) = conn.downcast_ref::<actix_rt::net::TcpStream>() {
-                tune_socket(tcp, &socket_tuning);
-                connections.on_connect(tcp, data);
-            }
-        })
-        .client_request_timeout(Duration::from_millis(config.limits.client_request_timeout_ms))
-        .client_disconnect_timeout(Duration::from_millis(
-            config.limits.client_disconnect_timeout_ms,
-        ))
-        .disable_signals()
-        // Turns were drained before `stop`; what is still open now is idle keep-alive.
-        .shutdown_timeout(1)
-        .backlog(4096)
-        .max_connections(25_000)
-        .listen(listener)?;
+        let config_for_workers = config.clone();
+        let mut builder = actix_server::Server::build()
+            .disable_signals()
+            // Turns were drained before `stop`; what is still open now is idle keep-alive.
+            .shutdown_timeout(1)
+            .backlog(4096)
+            .max_concurrent_connections(25_000);
         if config.server.workers > 0 {
-            server = server.workers(config.server.workers);
+            builder = builder.workers(config.server.workers);
         }
-        let server = server.run();
+        // actix-web's `HttpServer` spelled out, for the one thing it cannot do: hand upgraded
+        // connections to a service of our own (`http::ws::upgrade`).
+        let builder = builder.listen("switchyard", listener, move || {
+            let (state, config) = (app_state.clone(), &config_for_workers);
+            let limits = &config.limits;
+            let (connections, socket_tuning) = (connections.clone(), socket_tuning);
+            let max_body_bytes = limits.max_body_bytes;
+            let app = move || crate::http::app(state.clone(), max_body_bytes).into_factory();
+            HttpService::build()
+                .client_request_timeout(Duration::from_millis(limits.client_request_timeout_ms))
+                .client_disconnect_timeout(Duration::from_millis(
+                    limits.client_disconnect_timeout_ms,
+                ))
+                .local_addr(addr)
+                .on_connect_ext(move |tcp: &actix_rt::net::TcpStream, data| {
+                    tune_socket(tcp, &socket_tuning);
+                    connections.on_connect(tcp, data);
+                })
+                .upgrade(crate::http::ws::upgrade::service(
+                    app(),
+                    Duration::from_millis(limits.ws_write_timeout_ms),
+                ))
+                .finish(map_config(app(), |_| AppConfig::default()))
+                .tcp()
+        })?;
+        let server = builder.run();
         Ok(Engine { addr, state, handle: server.handle(), server })
     }
 

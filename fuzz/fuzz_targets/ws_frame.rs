@@ -1,6 +1,6 @@
 //! WebSocket client frames: one text frame's bytes → `parse_client_frame`, as the session
-//! calls it. Binary frames and invalid UTF-8 never reach the parser (actix-ws closes the
-//! socket on invalid UTF-8, binary frames get an `invalid_frame` error), so only valid UTF-8
+//! calls it. Binary frames and invalid UTF-8 never reach the parser (the socket is closed
+//! on invalid UTF-8, binary frames get an `invalid_frame` error), so only valid UTF-8
 //! is fed.
 //!
 //! Beyond "never panics", it checks what the protocol promises: the size limit is enforced

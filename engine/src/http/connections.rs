@@ -136,8 +136,10 @@ pub struct ConnectionLimiter {
 
 /// What [`ConnectionLimiter::on_connect`] decided about a connection, kept in its data.
 pub enum ConnectionSlot {
-    /// A client's connection within the cap.
-    Admitted(Held),
+    /// A client's connection within the cap. Shared so that a WebSocket session, which
+    /// outlives the HTTP dispatcher that held the connection's data, can keep it counted
+    /// ([`connection_hold`]).
+    Admitted(Arc<Held>),
     /// Over the cap: every request gets 429 and the connection closes.
     Refused(Held),
     /// A trusted proxy's connection: requests count against their forwarded client.
@@ -217,7 +219,7 @@ impl ConnectionLimiter {
                 data.insert(ConnectionSlot::Refused(held));
             }
             Some(held) => {
-                data.insert(ConnectionSlot::Admitted(held));
+                data.insert(ConnectionSlot::Admitted(Arc::new(held)));
             }
             None => {
                 // Far past the cap: not worth an answer. Shutting the socket down makes actix
@@ -247,6 +249,16 @@ impl ConnectionLimiter {
 /// The address a request comes from: the forwarded client on a trusted proxy's connection,
 /// else the peer (per-address limits such as the login lockout key on it, so a proxy in
 /// front of the engine does not make every client one address).
+/// Keeps the request's connection counted against its address for as long as the returned
+/// value lives (`None` where nothing is counted, or the count is the response's: see
+/// [`admit`]).
+pub fn connection_hold(req: &HttpRequest) -> Option<Arc<Held>> {
+    match req.conn_data::<ConnectionSlot>() {
+        Some(ConnectionSlot::Admitted(held)) => Some(held.clone()),
+        _ => None,
+    }
+}
+
 pub fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
     let forwarded = match req.conn_data::<ConnectionSlot>() {
         Some(ConnectionSlot::Proxy(limiter)) => limiter.forwarded_client(req.headers()),

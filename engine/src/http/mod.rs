@@ -18,7 +18,36 @@ pub mod tenants;
 pub mod ui;
 pub mod ws;
 
-use actix_web::web;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{App, web};
+
+use crate::server::AppState;
+
+/// The engine's app: middleware, shared state and every route. Built once per worker, and
+/// once more for the handshakes of upgraded connections (`ws::upgrade`).
+pub fn app(
+    state: web::Data<AppState>,
+    max_body_bytes: usize,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .wrap(actix_web::middleware::from_fn(connections::admit))
+        .wrap(actix_web::middleware::from_fn(body::guard))
+        // Outermost: times, counts and traces everything below, errors included.
+        .wrap(actix_web::middleware::from_fn(crate::telemetry::http::observe))
+        .app_data(state)
+        .app_data(body::json_config(max_body_bytes))
+        .app_data(web::PayloadConfig::default().limit(max_body_bytes))
+        .configure(routes)
+}
 
 /// Every route of the engine.
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -519,6 +519,68 @@ async fn hostile_websocket_frames_get_an_error_or_a_close_and_the_engine_keeps_s
     assert_eq!(frames.last().unwrap()["type"], "done", "{frames:?}");
 }
 
+/// A WebSocket handshake request as a client writes it, with the token in the subprotocol.
+fn upgrade_request(path: &str, token: Option<&str>) -> Vec<u8> {
+    let protocol = token.map(|t| format!("sec-websocket-protocol: switchyard.v1, bearer.{t}\r\n"));
+    format!(
+        "GET {path} HTTP/1.1\r\nhost: switchyard\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n{}\r\n",
+        protocol.unwrap_or_default()
+    )
+    .into_bytes()
+}
+
+/// A masked text frame, as a client must send it.
+fn masked_text(text: &str) -> Vec<u8> {
+    assert!(text.len() < 126, "short frames only");
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[tokio::test]
+async fn upgrades_go_through_the_app_and_a_frame_sent_with_the_handshake_is_read() {
+    let app = spawn_app();
+    let id = app.create_conversation(json!({})).await;
+
+    // An upgrade to a route that is not a WebSocket is answered as the route answers, then
+    // the connection is closed.
+    let mut raw = Raw::connect(app.addr).await;
+    raw.send(&upgrade_request("/healthz", None)).await;
+    let response = raw.response().await;
+    assert_eq!(response.status, 200);
+    assert!(response.closes(), "{:?}", response.headers);
+    assert!(raw.closed_within(Duration::from_secs(5)).await);
+
+    // A handshake with a bad token gets the JSON error, and the close.
+    let mut raw = Raw::connect(app.addr).await;
+    raw.send(&upgrade_request(&format!("/ws/{id}"), Some("not-a-token"))).await;
+    let response = raw.response().await;
+    assert_eq!(response.status, 401);
+    assert!(response.json()["error"]["code"].is_string());
+    assert!(raw.closed_within(Duration::from_secs(5)).await);
+
+    // A client that writes its first frame together with the handshake is answered: the
+    // bytes read past the handshake reach the session.
+    let mut raw = Raw::connect(app.addr).await;
+    let mut bytes = upgrade_request(&format!("/ws/{id}"), Some(&app.owner.access_token));
+    bytes.extend(masked_text(r#"{"type":"ping"}"#));
+    raw.send(&bytes).await;
+    let response = raw.response().await;
+    assert_eq!(response.status, 101);
+    assert_eq!(response.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    assert_eq!(response.header("sec-websocket-protocol"), Some("switchyard.v1"));
+    while raw.buffer.len() < 2 || raw.buffer.len() < 2 + usize::from(raw.buffer[1]) {
+        assert!(raw.fill().await > 0, "the connection closed before the pong");
+    }
+    assert_eq!(raw.buffer[0], 0x81, "an unmasked, final text frame");
+    let pong: Value =
+        serde_json::from_slice(&raw.buffer[2..2 + usize::from(raw.buffer[1])]).unwrap();
+    assert_eq!(pong["type"], "pong");
+}
+
 #[tokio::test]
 async fn a_connection_flood_from_one_address_is_capped_and_others_are_served() {
     let app = spawn_app_with("", Scenario::default(), "[limits]\nmax_connections_per_ip = 8");

@@ -10,32 +10,36 @@
 //!   failures get an `error` frame and a close with code 4401 (4404 for a conversation the
 //!   caller cannot see).
 //!
-//! Then the socket is handed to a [`session`] task. [`protocol`] holds the frame types,
-//! [`rate`] the per-connection limiter.
+//! Then the connection is taken over from actix-http ([`upgrade`]) and a [`session`] runs
+//! on its own [`socket`]. [`protocol`] holds the frame types, [`rate`] the per-connection
+//! limiter.
 
 pub mod protocol;
 pub mod rate;
 pub mod session;
+pub mod socket;
+pub mod upgrade;
 
 use std::time::Duration;
 
+use actix_http::body::BoxBody;
+use actix_http::ws::{CloseCode, CloseReason};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use actix_web::{HttpRequest, HttpResponse, get, web};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
-use futures_util::StreamExt;
 
 use crate::auth::Credential;
 use crate::conversations::ConversationLink;
 use crate::error::ApiError;
 use crate::server::AppState;
+use socket::{Incoming, Socket};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(connect);
 }
 
 /// Frames above this many times the soft limit are abuse: the socket is closed (1009)
-/// instead of answered, and actix-ws stops reading them early.
+/// instead of answered, and the socket stops reading them early.
 const HARD_FRAME_FACTOR: usize = 4;
 
 /// The subprotocol the server selects.
@@ -47,10 +51,11 @@ pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
 pub const CLOSE_UNAUTHORIZED: u16 = 4401;
 const CLOSE_NOT_FOUND: u16 = 4404;
 
+/// Checks the handshake and answers 101 with the session to start; [`upgrade`] writes the
+/// 101 and runs the session on the socket.
 #[get("/ws/{conversation_id}")]
 async fn connect(
     req: HttpRequest,
-    body: web::Payload,
     conversation_id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -74,19 +79,20 @@ async fn connect(
         }
         None => None,
     };
-    let (mut response, session, stream) = actix_ws::handle(&req, body).map_err(|_| {
-        ApiError::bad_request("not_websocket", "this endpoint expects a WebSocket upgrade")
-    })?;
+    let not_websocket =
+        || ApiError::bad_request("not_websocket", "this endpoint expects a WebSocket upgrade");
+    let mut response: HttpResponse = actix_http::ws::handshake(req.head())
+        .map_err(|_| not_websocket())?
+        .message_body(BoxBody::new(()))
+        .map_err(|_| not_websocket())?
+        .into();
     if let Some(echo) = echo.and_then(|e| HeaderValue::from_str(&e).ok()) {
         response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, echo);
     }
     let limits = state.config.limits.clone();
-    let hard_cap = limits.ws_max_frame_bytes.saturating_mul(HARD_FRAME_FACTOR);
-    let frames =
-        stream.max_frame_size(hard_cap).aggregate_continuations().max_continuation_size(hard_cap);
     let counted = state.clone().into_inner().track_websocket_session();
     metrics::counter!("switchyard_websocket_connections_total").increment(1);
-    // The session's task is the one future every open socket keeps, so it is built flat:
+    // The session's future is the one every open socket keeps, so it is built flat:
     // `session::run` owns everything from here (see its docs).
     let start = session::SessionStart {
         state: state.into_inner(),
@@ -94,8 +100,9 @@ async fn connect(
         limits,
         authorized,
         counted,
+        connection: crate::http::connections::connection_hold(&req),
     };
-    actix_rt::spawn(session::run(session, frames, Box::new(start)));
+    response.extensions_mut().insert(upgrade::PendingSession(Box::new(start)));
     Ok(response)
 }
 
@@ -123,26 +130,25 @@ fn protocol_token(req: &HttpRequest) -> (Option<String>, Option<String>) {
 /// frame, closes the socket and answers `None`.
 pub(super) async fn first_frame_auth(
     state: &AppState,
-    session: &mut Session,
-    frames: &mut AggregatedMessageStream,
+    socket: &mut Socket,
     conversation_id: &str,
     timeout: Duration,
     max_frame_bytes: usize,
 ) -> Option<(crate::auth::Authenticated, bool, ConversationLink)> {
     let deadline = tokio::time::Instant::now() + timeout;
     let text = loop {
-        match tokio::time::timeout_at(deadline, frames.next()).await {
-            Ok(Some(Ok(AggregatedMessage::Text(text)))) => break text,
-            Ok(Some(Ok(AggregatedMessage::Ping(bytes)))) => {
-                let _ = session.pong(&bytes).await;
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Ok(Some(Ok(Incoming::Text(text)))) => break text,
+            Ok(Some(Ok(Incoming::Ping(bytes)))) => {
+                let _ = socket.pong(&bytes).await;
             }
-            Ok(Some(Ok(AggregatedMessage::Pong(_)))) => {}
+            Ok(Some(Ok(Incoming::Pong))) => {}
             Ok(Some(Ok(_)) | Some(Err(_)) | None) => {
-                let _ = session.clone().close(None).await;
+                let _ = socket.close(None).await;
                 return None;
             }
             Err(_) => {
-                refuse(session, "unauthorized", "no auth frame in time", CLOSE_UNAUTHORIZED).await;
+                refuse(socket, "unauthorized", "no auth frame in time", CLOSE_UNAUTHORIZED).await;
                 return None;
             }
         }
@@ -151,7 +157,7 @@ pub(super) async fn first_frame_auth(
         Ok(protocol::ClientFrame::Auth { token }) => token,
         _ => {
             refuse(
-                session,
+                socket,
                 "unauthorized",
                 "the first frame must be {\"type\":\"auth\",\"token\":…}",
                 CLOSE_UNAUTHORIZED,
@@ -177,15 +183,15 @@ pub(super) async fn first_frame_auth(
             } else {
                 CLOSE_UNAUTHORIZED
             };
-            refuse(session, e.code(), e.message(), code).await;
+            refuse(socket, e.code(), e.message(), code).await;
             None
         }
     }
 }
 
-async fn refuse(session: &mut Session, code: &str, message: &str, close: u16) {
+async fn refuse(socket: &mut Socket, code: &str, message: &str, close: u16) {
     let frame = protocol::SessionFrame::Error { code, message };
-    let _ = tokio::time::timeout(Duration::from_secs(2), session.text(frame.to_json())).await;
+    let _ = socket.text(frame.to_json()).await;
     let reason = CloseReason { code: CloseCode::Other(close), description: Some(code.to_owned()) };
-    let _ = tokio::time::timeout(Duration::from_secs(2), session.clone().close(Some(reason))).await;
+    let _ = socket.close(Some(reason)).await;
 }

@@ -1,11 +1,12 @@
-//! One WebSocket connection: a task that owns the socket and is subscribed to one
+//! One WebSocket connection: a future that owns the socket and is subscribed to one
 //! `ConversationActor`.
 //!
-//! Built on actix-ws rather than actix-web-actors: measured on this machine, actix-web-actors'
-//! `WebsocketContext` queues writes without bound, so one client that stopped reading grew the
-//! server by 100+ MB in 20 s and could not even be evicted (its heartbeat and `stop()` never
-//! ran while output was blocked). With actix-ws a write to a client that does not read waits,
-//! so every write here has a deadline, and a session that misses it is dropped.
+//! Not an actor with a mailbox of outgoing frames: measured on this machine,
+//! actix-web-actors' `WebsocketContext` queues writes without bound, so one client that
+//! stopped reading grew the server by 100+ MB in 20 s and could not even be evicted (its
+//! heartbeat and `stop()` never ran while output was blocked). Here a write to a client that
+//! does not read waits ([`Socket`]), every write has a deadline, and a session that misses it
+//! is dropped.
 //!
 //! The session never buffers without bound: conversation events reach it through the bounded
 //! subscription channel the conversation actor feeds with `try_send` — a session that falls
@@ -22,18 +23,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use actix_http::ws::{CloseCode, CloseReason};
 use actors::events::ConversationEvent;
-use futures_util::StreamExt;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
 use super::protocol::{ClientFrame, SessionFrame, parse_client_frame};
 use super::rate::TokenBucket;
+use super::socket::{Incoming, ReadError, Socket, WriteFailed};
 use crate::auth::{AuthService, Authenticated, Credential};
 use crate::config::LimitsConfig;
 use crate::conversations::ConversationLink;
 use crate::error::ApiError;
+use crate::http::connections::Held;
 use crate::server::{AppState, SessionGuard};
 
 /// Consecutive rate-limit violations before the socket is closed as abusive.
@@ -57,6 +59,9 @@ pub struct SessionStart {
     pub authorized: Option<(Authenticated, bool, ConversationLink)>,
     /// Counts the socket as open until the session ends.
     pub counted: SessionGuard,
+    /// Keeps the connection counted against its client's address
+    /// (`limits.max_connections_per_ip`) until the session ends.
+    pub connection: Option<Arc<Held>>,
 }
 
 /// The socket's credential and what it allows.
@@ -97,23 +102,19 @@ const CLOSE_UNAUTHORIZED: CloseCode = CloseCode::Other(super::CLOSE_UNAUTHORIZED
 /// - the awaits behind client frames (first-frame auth, token checks, subscribing, posting)
 ///   are boxed: inline, the largest of them would size every session, idle or not.
 #[allow(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
-pub fn run(
-    mut session: Session,
-    mut frames: AggregatedMessageStream,
-    start: Box<SessionStart>,
-) -> impl Future<Output = ()> {
+pub fn run(mut socket: Socket, start: Box<SessionStart>) -> impl Future<Output = ()> {
     async move {
         // In a block of its own so that what only the start needs is not kept beside `serve`.
         let (mut link, mut access, mut shutdown, limits, counted) = {
-            let SessionStart { state, conversation_id, limits, authorized, counted } = *start;
+            let SessionStart { state, conversation_id, limits, authorized, counted, connection } =
+                *start;
             let (who, can_write, link) = match authorized {
                 Some(ready) => ready,
                 None => {
                     let timeout = Duration::from_secs(limits.ws_auth_timeout_secs.max(1));
                     let first = super::first_frame_auth(
                         &state,
-                        &mut session,
-                        &mut frames,
+                        &mut socket,
                         &conversation_id,
                         timeout,
                         limits.ws_max_frame_bytes,
@@ -130,20 +131,18 @@ pub fn run(
                 who,
                 can_write,
             };
-            (link, access, state.session_shutdown(), limits, counted)
+            (link, access, state.session_shutdown(), limits, (counted, connection))
         };
-        serve(&session, &mut frames, &mut link, &limits, &mut shutdown, &mut access).await;
-        // Dropping the last handle on the socket ends the response stream: actix-http closes
-        // the connection (after a close frame, if `serve` sent one).
-        drop((session, counted));
+        serve(&mut socket, &mut link, &limits, &mut shutdown, &mut access).await;
+        // Closes the connection (after a close frame, if `serve` sent one).
+        drop((socket, counted));
     }
 }
 
 /// The session proper, on an authenticated socket. Borrows what `run` owns: an `async fn`
 /// stores owned arguments twice.
 async fn serve(
-    session: &Session,
-    frames: &mut AggregatedMessageStream,
+    socket: &mut Socket,
     link: &mut ConversationLink,
     limits: &LimitsConfig,
     shutdown: &mut watch::Receiver<bool>,
@@ -151,8 +150,6 @@ async fn serve(
 ) {
     let expiry = tokio::time::sleep_until(access.deadline());
     tokio::pin!(expiry);
-    let write_timeout = Duration::from_millis(limits.ws_write_timeout_ms);
-    let mut writer = Writer { session: session.clone(), timeout: write_timeout };
     let mut bucket = TokenBucket::new(limits.ws_frames_per_second, limits.ws_frame_burst);
     let mut violations = 0u32;
     let mut events: Option<mpsc::Receiver<Arc<ConversationEvent>>> = None;
@@ -168,33 +165,31 @@ async fn serve(
 
     let end = loop {
         tokio::select! {
-            frame = frames.next() => {
+            frame = socket.next() => {
                 let Some(frame) = frame else { break End::ClientClosed };
                 last_seen = Instant::now();
                 let text = match frame {
-                    Ok(AggregatedMessage::Text(text)) => text,
-                    Ok(AggregatedMessage::Ping(bytes)) => {
-                        if writer.pong(&bytes).await.is_err() { break End::Drop }
+                    Ok(Incoming::Text(text)) => text,
+                    Ok(Incoming::Ping(bytes)) => {
+                        if socket.pong(&bytes).await.is_err() { break End::Drop }
                         continue;
                     }
-                    Ok(AggregatedMessage::Pong(_)) => continue,
-                    Ok(AggregatedMessage::Close(_)) => break End::ClientClosed,
-                    Ok(AggregatedMessage::Binary(_)) => {
-                        if writer.error("invalid_frame", "binary frames are not supported; send JSON text").await.is_err() { break End::Drop }
+                    Ok(Incoming::Pong) => continue,
+                    Ok(Incoming::Close) => break End::ClientClosed,
+                    Ok(Incoming::Binary) => {
+                        if send_error(socket, "invalid_frame", "binary frames are not supported; send JSON text").await.is_err() { break End::Drop }
                         continue;
                     }
-                    // Over the hard size cap, invalid UTF-8, or a protocol violation.
-                    Err(actix_ws::ProtocolError::Overflow) => break End::Close(CloseCode::Size, "frame too large"),
-                    Err(actix_ws::ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                        break End::Close(CloseCode::Invalid, "text frames must be UTF-8")
-                    }
-                    Err(_) => break End::Close(CloseCode::Protocol, "protocol error"),
+                    Err(ReadError::Overflow) => break End::Close(CloseCode::Size, "frame too large"),
+                    Err(ReadError::InvalidUtf8) => break End::Close(CloseCode::Invalid, "text frames must be UTF-8"),
+                    Err(ReadError::Protocol) => break End::Close(CloseCode::Protocol, "protocol error"),
+                    Err(ReadError::Io) => break End::Drop,
                 };
                 if let Err(wait) = bucket.try_take(Instant::now()) {
                     violations += 1;
                     if violations > MAX_RATE_VIOLATIONS { break End::Close(CloseCode::Policy, "too many frames") }
                     let message = format!("too many frames; retry in {} ms", wait.as_millis().max(1));
-                    if writer.error("rate_limited", &message).await.is_err() { break End::Drop }
+                    if send_error(socket, "rate_limited", &message).await.is_err() { break End::Drop }
                     continue;
                 }
                 violations = 0;
@@ -206,12 +201,12 @@ async fn serve(
                         frame
                     }
                     Err(e) => {
-                        if writer.error(e.code(), &e.message()).await.is_err() { break End::Drop }
+                        if send_error(socket, e.code(), &e.message()).await.is_err() { break End::Drop }
                         continue;
                     }
                 };
                 let outcome = match frame {
-                    ClientFrame::Ping(_) => writer.frame(&SessionFrame::Pong).await,
+                    ClientFrame::Ping(_) => send_frame(socket, &SessionFrame::Pong).await,
                     // A fresh token for the same user and tenant extends the session.
                     ClientFrame::Auth { token } => {
                         let conversation = link.conversation_id().to_owned();
@@ -222,34 +217,34 @@ async fn serve(
                                 expiry.as_mut().reset(access.deadline());
                                 Ok(())
                             }
-                            Ok(_) => writer.error("forbidden", "a session cannot change user").await,
-                            Err(e) => writer.api_error(&e).await,
+                            Ok(_) => send_error(socket, "forbidden", "a session cannot change user").await,
+                            Err(e) => send_api_error(socket, &e).await,
                         }
                     }
                     ClientFrame::UserMessage { .. } | ClientFrame::Cancel(_) if !access.can_write => {
-                        writer.error("forbidden", "your credentials do not allow writing to this conversation").await
+                        send_error(socket, "forbidden", "your credentials do not allow writing to this conversation").await
                     }
                     ClientFrame::Resume { after_seq } => match Box::pin(link.subscribe(Some(after_seq))).await {
                         Ok((receiver, _)) => { events = Some(receiver); Ok(()) }
-                        Err(e) => writer.api_error(&e).await,
+                        Err(e) => send_api_error(socket, &e).await,
                     },
                     ClientFrame::UserMessage { client_id, content, cache } => {
                         if let Err(e) = crate::conversations::check_message(&content, limits.max_message_bytes) {
-                            writer.api_error(&e).await
+                            send_api_error(socket, &e).await
                         } else if let Err(e) = Box::pin(access.auth.count_request(&access.who)).await {
-                            writer.api_error(&e).await
+                            send_api_error(socket, &e).await
                         } else {
                             if events.is_none() {
                                 // Watch the conversation from now on so the reply reaches us.
                                 match Box::pin(link.subscribe(None)).await {
                                     Ok((receiver, _)) => events = Some(receiver),
-                                    Err(e) => { if writer.api_error(&e).await.is_err() { break End::Drop } continue; }
+                                    Err(e) => { if send_api_error(socket, &e).await.is_err() { break End::Drop } continue; }
                                 }
                             }
                             // The ack arrives through the subscription, after the durable write.
                             match Box::pin(link.post_with(client_id, content, crate::conversations::cache_mode(cache))).await {
                                 Ok(_) => Ok(()),
-                                Err(e) => writer.api_error(&e).await,
+                                Err(e) => send_api_error(socket, &e).await,
                             }
                         }
                     }
@@ -267,7 +262,7 @@ async fn serve(
                         let kind = event_type(&json);
                         metrics::counter!("switchyard_websocket_frames_total", "direction" => "out", "type" => kind)
                             .increment(1);
-                        if writer.text(json).await.is_err() { break End::Drop }
+                        if socket.text(json).await.is_err() { break End::Drop }
                     }
                     // The actor dropped us for falling behind (or stopped): tell the client to
                     // reconnect and resume from its last seq.
@@ -276,7 +271,7 @@ async fn serve(
             }
             _ = heartbeat.tick() => {
                 if last_seen.elapsed() > client_timeout { break End::Close(CloseCode::Away, "heartbeat timeout") }
-                if writer.ping().await.is_err() { break End::Drop }
+                if socket.ping().await.is_err() { break End::Drop }
             }
             _ = &mut expiry => break End::Close(CLOSE_UNAUTHORIZED, "token expired"),
             changed = access.revocations.changed() => {
@@ -294,13 +289,13 @@ async fn serve(
     link.unsubscribe();
     match end {
         End::ClientClosed => {
-            let _ = tokio::time::timeout(write_timeout, session.clone().close(None)).await;
+            let _ = socket.close(None).await;
         }
         End::Close(code, description) => {
             let reason = CloseReason { code, description: Some(description.to_owned()) };
-            let _ = tokio::time::timeout(write_timeout, session.clone().close(Some(reason))).await;
+            let _ = socket.close(Some(reason)).await;
         }
-        // `run` drops the session.
+        // `run` drops the socket.
         End::Drop => {}
     }
 }
@@ -342,64 +337,33 @@ async fn next_event(
     }
 }
 
-/// Writes with a deadline: a client that does not read cannot hold the session forever.
-struct Writer {
-    session: Session,
-    timeout: Duration,
+// The session's own frames are serialized before the write is awaited, so each is awaited
+// as the write alone and no larger future sizes the session.
+
+fn send_frame<'s>(
+    socket: &'s mut Socket,
+    frame: &SessionFrame<'_>,
+) -> impl Future<Output = Result<(), WriteFailed>> + use<'s> {
+    let kind = match frame {
+        SessionFrame::Pong => "pong",
+        SessionFrame::Error { .. } => "error",
+    };
+    metrics::counter!("switchyard_websocket_frames_total", "direction" => "out", "type" => kind)
+        .increment(1);
+    socket.text(frame.to_json())
 }
 
-struct WriteFailed;
+fn send_error<'s>(
+    socket: &'s mut Socket,
+    code: &str,
+    message: &str,
+) -> impl Future<Output = Result<(), WriteFailed>> + use<'s> {
+    send_frame(socket, &SessionFrame::Error { code, message })
+}
 
-impl Writer {
-    async fn text(&mut self, text: String) -> Result<(), WriteFailed> {
-        match tokio::time::timeout(self.timeout, self.session.text(text)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(WriteFailed),
-        }
-    }
-
-    // The frames below are serialized before the write is awaited, so each is awaited as the
-    // write alone and no larger future sizes the session.
-
-    fn frame<'w>(
-        &'w mut self,
-        frame: &SessionFrame<'_>,
-    ) -> impl Future<Output = Result<(), WriteFailed>> + use<'w> {
-        let kind = match frame {
-            SessionFrame::Pong => "pong",
-            SessionFrame::Error { .. } => "error",
-        };
-        metrics::counter!("switchyard_websocket_frames_total", "direction" => "out", "type" => kind)
-            .increment(1);
-        self.text(frame.to_json())
-    }
-
-    fn error<'w>(
-        &'w mut self,
-        code: &str,
-        message: &str,
-    ) -> impl Future<Output = Result<(), WriteFailed>> + use<'w> {
-        self.frame(&SessionFrame::Error { code, message })
-    }
-
-    fn api_error<'w>(
-        &'w mut self,
-        error: &ApiError,
-    ) -> impl Future<Output = Result<(), WriteFailed>> + use<'w> {
-        self.error(error.code(), error.message())
-    }
-
-    async fn ping(&mut self) -> Result<(), WriteFailed> {
-        match tokio::time::timeout(self.timeout, self.session.ping(b"")).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(WriteFailed),
-        }
-    }
-
-    async fn pong(&mut self, bytes: &[u8]) -> Result<(), WriteFailed> {
-        match tokio::time::timeout(self.timeout, self.session.pong(bytes)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(WriteFailed),
-        }
-    }
+fn send_api_error<'s>(
+    socket: &'s mut Socket,
+    error: &ApiError,
+) -> impl Future<Output = Result<(), WriteFailed>> + use<'s> {
+    send_error(socket, error.code(), error.message())
 }
