@@ -41,6 +41,9 @@ use crate::server::{AppState, SessionGuard};
 /// Consecutive rate-limit violations before the socket is closed as abusive.
 const MAX_RATE_VIOLATIONS: u32 = 50;
 
+/// Queued events are gathered into one write up to about this many bytes.
+const MAX_BATCH_BYTES: usize = 16 * 1024;
+
 /// Why a session ended, for the close frame.
 enum End {
     ClientClosed,
@@ -255,14 +258,22 @@ async fn serve(
             event = next_event(&mut events) => {
                 match event {
                     Some(event) => {
-                        let json = match serde_json::to_string(&*event) {
-                            Ok(json) => json,
-                            Err(_) => continue,
-                        };
-                        let kind = event_type(&json);
-                        metrics::counter!("switchyard_websocket_frames_total", "direction" => "out", "type" => kind)
-                            .increment(1);
-                        if socket.text(json).await.is_err() { break End::Drop }
+                        // Events already waiting behind this one go out in the same write: a
+                        // loaded node owes a socket several deltas at once, and a write each
+                        // is a syscall and a wake-up each.
+                        let mut next = Some(event);
+                        while let Some(event) = next.take() {
+                            if let Ok(json) = serde_json::to_string(&*event) {
+                                let kind = event_type(&json);
+                                metrics::counter!("switchyard_websocket_frames_total", "direction" => "out", "type" => kind)
+                                    .increment(1);
+                                socket.queue_text(&json);
+                            }
+                            if socket.queued_len() < MAX_BATCH_BYTES {
+                                next = events.as_mut().and_then(|receiver| receiver.try_recv().ok());
+                            }
+                        }
+                        if socket.flush().await.is_err() { break End::Drop }
                     }
                     // The actor dropped us for falling behind (or stopped): tell the client to
                     // reconnect and resume from its last seq.

@@ -67,6 +67,9 @@ pub struct Socket {
     max_message: usize,
     write_timeout: Duration,
     eof: bool,
+    /// Frames queued by [`Socket::queue_text`] for the next [`Socket::flush`]; unallocated
+    /// while there are none.
+    queued: BytesMut,
 }
 
 impl Socket {
@@ -87,6 +90,7 @@ impl Socket {
             max_message,
             write_timeout,
             eof: false,
+            queued: BytesMut::new(),
         }
     }
 
@@ -183,6 +187,26 @@ impl Socket {
         self.send(OpCode::Text, text.as_bytes()).await
     }
 
+    /// Adds a text frame to the next [`Socket::flush`], so that frames that are ready
+    /// together go out in one write.
+    pub fn queue_text(&mut self, text: &str) {
+        Parser::write_message(&mut self.queued, text, OpCode::Text, true, false);
+    }
+
+    /// Bytes queued for the next flush.
+    pub fn queued_len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Writes what [`Socket::queue_text`] queued, in one write.
+    pub async fn flush(&mut self) -> Result<(), WriteFailed> {
+        let queued = std::mem::take(&mut self.queued);
+        if queued.is_empty() {
+            return Ok(());
+        }
+        self.write(queued).await
+    }
+
     pub async fn ping(&mut self) -> Result<(), WriteFailed> {
         self.send(OpCode::Ping, b"").await
     }
@@ -218,7 +242,9 @@ impl Socket {
     }
 
     async fn send(&mut self, op: OpCode, payload: &[u8]) -> Result<(), WriteFailed> {
-        let mut frame = BytesMut::with_capacity(payload.len() + 10);
+        // Behind anything queued, in the same write.
+        let mut frame = std::mem::take(&mut self.queued);
+        frame.reserve(payload.len() + 10);
         Parser::write_message(&mut frame, payload, op, true, false);
         self.write(frame).await
     }
@@ -336,6 +362,12 @@ mod tests {
     #[actix_rt::test]
     async fn writes_unmasked_frames_and_a_close() {
         let (mut socket, mut client) = pair(64).await;
+        socket.queue_text("one");
+        socket.queue_text("two");
+        assert_eq!(socket.queued_len(), 10);
+        socket.flush().await.unwrap();
+        assert_eq!(socket.queued.capacity(), 0, "a flushed socket keeps no write buffer");
+        socket.queue_text("three");
         socket.text("{\"type\":\"pong\"}".into()).await.unwrap();
         socket.ping().await.unwrap();
         let reason = CloseReason { code: CloseCode::Restart, description: Some("bye".into()) };
@@ -351,6 +383,9 @@ mod tests {
         assert_eq!(
             frames,
             vec![
+                Frame::Text(Bytes::from_static(b"one")),
+                Frame::Text(Bytes::from_static(b"two")),
+                Frame::Text(Bytes::from_static(b"three")),
                 Frame::Text(Bytes::from_static(b"{\"type\":\"pong\"}")),
                 Frame::Ping(Bytes::new()),
                 Frame::Close(Some(reason)),
