@@ -562,6 +562,15 @@ async fn upgrades_go_through_the_app_and_a_frame_sent_with_the_handshake_is_read
     assert!(response.json()["error"]["code"].is_string());
     assert!(raw.closed_within(Duration::from_secs(5)).await);
 
+    // A handshake actix-http does not hand over (here: it has a chunked body) is refused,
+    // not answered with a 101 that no session would follow.
+    let mut raw = Raw::connect(app.addr).await;
+    let request = upgrade_request(&format!("/ws/{id}"), Some(&app.owner.access_token));
+    raw.send(&chunked(&request, "")).await;
+    let response = raw.response().await;
+    assert_eq!(response.status, 400);
+    assert_eq!(response.json()["error"]["code"], "not_websocket");
+
     // A client that writes its first frame together with the handshake is answered: the
     // bytes read past the handshake reach the session.
     let mut raw = Raw::connect(app.addr).await;

@@ -26,7 +26,7 @@ use actix_http::body::BoxBody;
 use actix_http::ws::{CloseCode, CloseReason};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
-use actix_web::{HttpRequest, HttpResponse, get, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, get, web};
 
 use crate::auth::Credential;
 use crate::conversations::ConversationLink;
@@ -81,6 +81,9 @@ async fn connect(
     };
     let not_websocket =
         || ApiError::bad_request("not_websocket", "this endpoint expects a WebSocket upgrade");
+    if req.extensions().get::<upgrade::TakeOver>().is_none() {
+        return Err(not_websocket());
+    }
     let mut response: HttpResponse = actix_http::ws::handshake(req.head())
         .map_err(|_| not_websocket())?
         .message_body(BoxBody::new(()))

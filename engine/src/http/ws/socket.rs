@@ -10,9 +10,10 @@
 //! encodes into a buffer that lives only as long as the write. An idle socket holds the
 //! stream, the codec's flags and two empty buffers.
 //!
-//! Backpressure is the kernel's: a write waits until the socket can take the bytes, and the
-//! caller bounds that wait ([`Socket::write_timeout`]), so a client that stops reading costs
-//! at most one frame and its socket buffer until the session drops it.
+//! Backpressure is the kernel's: a write waits until the socket can take the bytes, and a
+//! write that makes no progress for [`Socket::write_timeout`] fails, so a client that stops
+//! reading costs at most one write (a batch of frames, 16 KiB at most) and its socket buffer
+//! until the session drops it.
 
 use std::io;
 use std::time::Duration;
@@ -249,11 +250,18 @@ impl Socket {
         self.write(frame).await
     }
 
-    async fn write(&mut self, frame: BytesMut) -> Result<(), WriteFailed> {
-        match tokio::time::timeout(self.write_timeout, self.io.write_all(&frame)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(WriteFailed),
+    /// Writes all of `bytes`, failing once the client has taken none of them for
+    /// [`Socket::write_timeout`]: the deadline is on progress, so a client that reads slowly
+    /// through a batch of frames is not mistaken for one that stopped reading.
+    async fn write(&mut self, bytes: BytesMut) -> Result<(), WriteFailed> {
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            match tokio::time::timeout(self.write_timeout, self.io.write(rest)).await {
+                Ok(Ok(written)) if written > 0 => rest = &rest[written..],
+                _ => return Err(WriteFailed),
+            }
         }
+        Ok(())
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use actix_codec::{Encoder, Framed};
 use actix_http::body::{BodySize, BoxBody, MessageBody};
-use actix_http::{ConnectionType, Request, Response, StatusCode, h1};
+use actix_http::{ConnectionType, HttpMessage, Request, Response, StatusCode, h1};
 use actix_rt::net::TcpStream;
 use actix_service::boxed::{self, BoxServiceFactory};
 use actix_service::{Service, ServiceFactory, fn_factory, fn_service};
@@ -30,6 +30,12 @@ use super::socket::Socket;
 
 /// Put in a handshake response's extensions: the session to run once the 101 is written.
 pub struct PendingSession(pub Box<SessionStart>);
+
+/// Put in the request's extensions by this service: the connection can be taken over. A
+/// request actix-http did not hand over (a chunked body, an `Upgrade` header it does not read
+/// as `websocket`) has none, and the route refuses it instead of answering a 101 that no
+/// session would follow.
+pub struct TakeOver;
 
 /// The connection an upgrade service receives.
 pub type Upgraded = (Request, Framed<TcpStream, h1::Codec>);
@@ -75,6 +81,7 @@ where
     S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody + 'static,
 {
+    req.extensions_mut().insert(TakeOver);
     let mut response: Response<BoxBody> = match app.call(req).await {
         Ok(response) => response.map_into_boxed_body().into(),
         Err(error) => error.into(),
