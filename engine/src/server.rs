@@ -164,7 +164,7 @@ impl Engine {
             close_sessions,
         });
 
-        let listener = TcpListener::bind(config.server.listen)
+        let listener = listen(config.server.listen)
             .with_context(|| format!("failed to listen on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         let limits = config.limits.clone();
@@ -176,7 +176,6 @@ impl Engine {
             .disable_signals()
             // Turns were drained before `stop`; what is still open now is idle keep-alive.
             .shutdown_timeout(1)
-            .backlog(4096)
             .max_concurrent_connections(25_000);
         if config.server.workers > 0 {
             builder = builder.workers(config.server.workers);
@@ -251,6 +250,24 @@ impl Engine {
         handle.stop(true).await;
         state.shutdown.enter(ShutdownPhase::Stopped);
     }
+}
+
+/// Connections the kernel queues for `accept`. actix-server's `backlog` only applies to
+/// addresses it binds itself; std's `TcpListener::bind` uses 128, which a ramp of thousands
+/// of clients overflows (a dropped SYN is retried a second later).
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // As std does: a restarted node can bind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Per-connection socket options, applied as each connection is accepted.
@@ -346,4 +363,26 @@ pub fn describe(config: &Config) -> String {
         if config.database.is_some() { "PostgreSQL" } else { "in memory (nothing persists)" }
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing accepts here, so every connection waits in the listen queue: past 128 of them
+    /// (std's backlog) the kernel drops the handshake and the client's connect waits a
+    /// second for its SYN to be retried.
+    #[tokio::test]
+    async fn the_listen_queue_holds_a_burst_of_connections() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..600).map(|_| async move {
+            tokio::time::timeout(Duration::from_millis(900), tokio::net::TcpStream::connect(addr))
+                .await
+        });
+        let results = futures_util::future::join_all(connects).await;
+        let queued = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(queued, 600, "connections queued without a retried handshake");
+        drop(listener);
+    }
 }
