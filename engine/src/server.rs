@@ -171,7 +171,6 @@ impl Engine {
         let socket_tuning = SocketTuning::from_limits(&limits);
         let connections = crate::http::connections::ConnectionLimiter::new(&limits);
         let app_state = state.clone();
-        let config_for_workers = config.clone();
         let mut builder = actix_server::Server::build()
             .disable_signals()
             // Turns were drained before `stop`; what is still open now is idle keep-alive.
@@ -183,8 +182,7 @@ impl Engine {
         // actix-web's `HttpServer` spelled out, for the one thing it cannot do: hand upgraded
         // connections to a service of our own (`http::ws::upgrade`).
         let builder = builder.listen("switchyard", listener, move || {
-            let (state, config) = (app_state.clone(), &config_for_workers);
-            let limits = &config.limits;
+            let state = app_state.clone();
             let (connections, socket_tuning) = (connections.clone(), socket_tuning);
             let max_body_bytes = limits.max_body_bytes;
             let app = move || crate::http::app(state.clone(), max_body_bytes).into_factory();

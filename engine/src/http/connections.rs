@@ -246,9 +246,6 @@ impl ConnectionLimiter {
     }
 }
 
-/// The address a request comes from: the forwarded client on a trusted proxy's connection,
-/// else the peer (per-address limits such as the login lockout key on it, so a proxy in
-/// front of the engine does not make every client one address).
 /// Keeps the request's connection counted against its address for as long as the returned
 /// value lives (`None` where nothing is counted, or the count is the response's: see
 /// [`admit`]).
@@ -259,6 +256,9 @@ pub fn connection_hold(req: &HttpRequest) -> Option<Arc<Held>> {
     }
 }
 
+/// The address a request comes from: the forwarded client on a trusted proxy's connection,
+/// else the peer (per-address limits such as the login lockout key on it, so a proxy in
+/// front of the engine does not make every client one address).
 pub fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
     let forwarded = match req.conn_data::<ConnectionSlot>() {
         Some(ConnectionSlot::Proxy(limiter)) => limiter.forwarded_client(req.headers()),

@@ -532,12 +532,11 @@ fn upgrade_request(path: &str, token: Option<&str>) -> Vec<u8> {
 
 /// A masked text frame, as a client must send it.
 fn masked_text(text: &str) -> Vec<u8> {
-    assert!(text.len() < 126, "short frames only");
-    let mask = [0x11u8, 0x22, 0x33, 0x44];
-    let mut frame = vec![0x81, 0x80 | text.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
+    use actix_codec::Encoder;
+    let mut frame = bytes::BytesMut::new();
+    let message = actix_http::ws::Message::Text(text.to_owned().into());
+    actix_http::ws::Codec::new().client_mode().encode(message, &mut frame).unwrap();
+    frame.to_vec()
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 //! stream, the codec's flags and two empty buffers.
 //!
 //! Backpressure is the kernel's: a write waits until the socket can take the bytes, and a
-//! write that makes no progress for [`Socket::write_timeout`] fails, so a client that stops
+//! write that makes no progress for its timeout (`limits.ws_write_timeout_ms`) fails, so a client that stops
 //! reading costs at most one write (a batch of frames, 16 KiB at most) and its socket buffer
 //! until the session drops it.
 
@@ -101,7 +101,12 @@ impl Socket {
     /// `select!` that another branch wins.
     pub async fn next(&mut self) -> Option<Result<Incoming, ReadError>> {
         loop {
-            match self.decode() {
+            let decoded = self.decode();
+            if self.read_buf.is_empty() {
+                // Frees the buffer: an idle socket keeps none.
+                self.read_buf = BytesMut::new();
+            }
+            match decoded {
                 Ok(Some(message)) => return Some(Ok(message)),
                 Ok(None) if self.eof => return None,
                 Ok(None) => {}
@@ -125,13 +130,7 @@ impl Socket {
         loop {
             let frame = match self.codec.decode(&mut self.read_buf) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => {
-                    if self.read_buf.is_empty() {
-                        // Frees the buffer: an idle socket keeps none.
-                        self.read_buf = BytesMut::new();
-                    }
-                    return Ok(None);
-                }
+                Ok(None) => return Ok(None),
                 Err(ProtocolError::Overflow) => return Err(ReadError::Overflow),
                 Err(_) => return Err(ReadError::Protocol),
             };
@@ -162,9 +161,6 @@ impl Socket {
                     }
                 }
             };
-            if self.read_buf.is_empty() {
-                self.read_buf = BytesMut::new();
-            }
             return Ok(Some(message));
         }
     }
@@ -177,11 +173,6 @@ impl Socket {
         }
         message.extend_from_slice(bytes);
         Ok(())
-    }
-
-    /// How long a write may wait for a client that does not read.
-    pub fn write_timeout(&self) -> Duration {
-        self.write_timeout
     }
 
     pub async fn text(&mut self, text: String) -> Result<(), WriteFailed> {
@@ -250,10 +241,11 @@ impl Socket {
         self.write(frame).await
     }
 
-    /// Writes all of `bytes`, failing once the client has taken none of them for
-    /// [`Socket::write_timeout`]: the deadline is on progress, so a client that reads slowly
-    /// through a batch of frames is not mistaken for one that stopped reading.
-    async fn write(&mut self, bytes: BytesMut) -> Result<(), WriteFailed> {
+    /// Writes all of `bytes` (frames, or the handshake's 101), failing once the client has
+    /// taken none of them for the write timeout: the deadline is on progress, so a client
+    /// that reads slowly through a batch of frames is not mistaken for one that stopped
+    /// reading.
+    pub(super) async fn write(&mut self, bytes: BytesMut) -> Result<(), WriteFailed> {
         let mut rest = &bytes[..];
         while !rest.is_empty() {
             match tokio::time::timeout(self.write_timeout, self.io.write(rest)).await {

@@ -94,19 +94,17 @@ where
     let (head, body) = response.into_parts();
     match pending {
         Some(PendingSession(start)) if head.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            let mut out = BytesMut::new();
-            codec.encode(h1::Message::Item((head, BodySize::None)), &mut out)?;
+            let mut handshake = BytesMut::new();
+            codec.encode(h1::Message::Item((head, BodySize::None)), &mut handshake)?;
+            // Not kept across the session below.
             drop(codec);
             let hard_cap = start.limits.ws_max_frame_bytes.saturating_mul(super::HARD_FRAME_FACTOR);
             let session_timeout = Duration::from_millis(start.limits.ws_write_timeout_ms);
-            let mut io = io;
-            match tokio::time::timeout(session_timeout, io.write_all(&out)).await {
-                Ok(Ok(())) => {}
+            let mut socket = Socket::new(io, leftover, hard_cap, session_timeout);
+            if socket.write(handshake).await.is_err() {
                 // Gone before the handshake completed: the session never starts.
-                _ => return Ok(()),
+                return Ok(());
             }
-            drop(out);
-            let socket = Socket::new(io, leftover, hard_cap, session_timeout);
             Box::pin(session::run(socket, start)).await;
             // The response body lives as long as the socket, as a streamed body would: a
             // middleware may hang what the connection holds on it (a proxied client's
