@@ -286,20 +286,45 @@ impl<D: Decode> Run<D> {
 
 /// Sends one request and returns the successful response, mapping transport failures and
 /// error statuses. `phase` is what a deadline expiry means for the caller.
+///
+/// A connection that closes after taking the request and before any byte of an answer is
+/// sent the request once more, on another connection. That is how a pooled keep-alive
+/// connection ends when the provider closes it for idleness just as our request goes out:
+/// the provider never saw a request to answer. The official OpenAI and Anthropic SDKs retry
+/// connection errors the same way; without it such a turn failed (or failed over) for no
+/// fault of the provider's. Once only: a provider that keeps doing it is broken, and the
+/// router's failover takes over.
 pub(crate) async fn send(
     endpoint: &HttpEndpoint,
     body: Vec<u8>,
     deadline: Instant,
     phase: TimeoutPhase,
 ) -> Result<reqwest::Response, ProviderError> {
-    let request = endpoint
-        .client
-        .post(endpoint.url.clone())
-        .headers(endpoint.headers.clone())
-        .body(body)
-        .send();
-    let response = match timeout_at(deadline, request).await {
+    let body = bytes::Bytes::from(body);
+    let post = || {
+        let request = endpoint
+            .client
+            .post(endpoint.url.clone())
+            .headers(endpoint.headers.clone())
+            .body(body.clone())
+            .send();
+        timeout_at(deadline, request)
+    };
+    let response = match post().await {
         Err(_) => return Err(ProviderError::Timeout(phase)),
+        Ok(Err(e)) if closed_without_answer(&e) => {
+            tracing::debug!(
+                provider = endpoint.kind.as_str(),
+                model = %endpoint.model,
+                error = %e.without_url(),
+                "the connection closed before an answer; sending the request again"
+            );
+            match post().await {
+                Err(_) => return Err(ProviderError::Timeout(phase)),
+                Ok(Err(e)) => return Err(transport_error(endpoint, e, phase)),
+                Ok(Ok(response)) => response,
+            }
+        }
         Ok(Err(e)) => return Err(transport_error(endpoint, e, phase)),
         Ok(Ok(response)) => response,
     };
@@ -316,6 +341,12 @@ pub(crate) async fn send(
         &headers,
         &body,
     ))
+}
+
+/// Whether a request failed because its connection closed (or was reset) with no answer
+/// started: not a connect failure, not a timeout, not a request that could not be built.
+fn closed_without_answer(e: &reqwest::Error) -> bool {
+    e.is_request() && !e.is_connect() && !e.is_timeout() && !e.is_builder()
 }
 
 fn transport_error(
@@ -429,30 +460,38 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = socket.read(&mut buf).await.unwrap();
-                request.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&request);
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if request.len() >= end + 4 + length {
-                        break;
-                    }
-                }
-            }
+            assert!(read_request(&mut socket).await);
             socket.write_all(response.as_bytes()).await.unwrap();
             socket.shutdown().await.unwrap();
         });
         format!("http://{addr}/v1")
+    }
+
+    /// Reads one request (head and `content-length` body) from `socket`; false at EOF.
+    async fn read_request(socket: &mut tokio::net::TcpStream) -> bool {
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return false;
+            }
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + length {
+                    return true;
+                }
+            }
+        }
     }
 
     fn json_response(body: &str) -> String {
@@ -485,6 +524,70 @@ mod tests {
         assert_eq!(done.usage, Usage { input_tokens: 4, output_tokens: 2 });
         assert_eq!(done.finish_reason, FinishReason::Stop);
         assert_eq!(done.provider_request_id.as_deref(), Some("c-1"));
+    }
+
+    /// The race of a pooled connection against the provider's idle timeout: the first
+    /// connection answers one request and keeps alive, then takes the next request and
+    /// closes without a word. A second connection answers.
+    #[tokio::test]
+    async fn a_request_whose_connection_closes_unanswered_is_sent_again() {
+        let body = r#"{"id":"c-1","model":"llama","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":1}}"#;
+        let keep_alive = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.unwrap();
+            assert!(read_request(&mut first).await);
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            first.write_all(keep_alive.as_bytes()).await.unwrap();
+            assert!(read_request(&mut first).await, "the second request reuses the connection");
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(first);
+            let (mut second, _) = listener.accept().await.unwrap();
+            assert!(read_request(&mut second).await);
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            second.write_all(json_response(body).as_bytes()).await.unwrap();
+        });
+        let provider = compatible(format!("http://{addr}/v1"));
+        for turn in ["first", "second"] {
+            let items: Vec<_> = provider.stream(request()).collect().await;
+            assert!(
+                matches!(
+                    items.as_slice(),
+                    [Ok(StreamEvent::Delta(_)), Ok(StreamEvent::Finished(_))]
+                ),
+                "{turn} turn: {items:?}"
+            );
+        }
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_twice_fails_after_one_retry() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                if read_request(&mut socket).await {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        let provider = compatible(format!("http://{addr}/v1"));
+        let items: Vec<_> = provider.stream(request()).collect().await;
+        assert!(
+            matches!(items.as_slice(), [Err(ProviderError::StreamBroken { tokens: 0, .. })]),
+            "{items:?}"
+        );
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2, "one retry, no more");
     }
 
     #[tokio::test]
