@@ -90,7 +90,7 @@ const CONVERSATION_COLUMNS: &str = "id, owner_id, settings, last_seq, seq_reserv
 
 const MESSAGE_COLUMNS: &str = "id, role, status, client_id, user_id, reply_to, text, \
      delta_ends, switches, foreign_seqs, model, input_tokens, output_tokens, finish_reason, \
-     error_code, error_message, cost_micros, cache, first_seq, last_seq, \
+     error_code, error_message, cost_micros, cache, first_seq, GREATEST(last_seq, streamed_seq), \
      (extract(epoch FROM created_at) * 1000)::int8";
 
 fn conversation_from(tenant_id: &str, row: &Row) -> Result<Conversation, StoreError> {
@@ -151,8 +151,13 @@ fn message_from(row: &Row) -> Result<StoredMessage, StoreError> {
 }
 
 /// How every reply write appends to a reply already stored. Idempotent: a retried chunk (the
-/// row already at or past its `last_seq`) changes nothing, and nothing is appended to a
-/// closed reply. An empty chunk at the stored `last_seq` (the record written again) passes.
+/// row already at or past its last seq) changes nothing, and nothing is appended to a
+/// closed reply. An empty chunk at the stored last seq (the record written again) passes.
+///
+/// The progress goes to `streamed_seq`, not `last_seq`: no index covers it (nor `text`,
+/// `updated_at` and the arrays), so with the page's free room PostgreSQL writes the new row
+/// version alone, without index entries (a HOT update; `V14__hot_checkpoints.sql`). The
+/// reply's last seq is `GREATEST(last_seq, streamed_seq)` wherever it is read.
 macro_rules! append_to_streaming_reply {
     () => {
         "ON CONFLICT (tenant_id, conversation_id, id) DO UPDATE SET
@@ -160,10 +165,10 @@ macro_rules! append_to_streaming_reply {
         delta_ends = messages.delta_ends || EXCLUDED.delta_ends,
         switches = messages.switches || EXCLUDED.switches,
         foreign_seqs = messages.foreign_seqs || EXCLUDED.foreign_seqs,
-        last_seq = GREATEST(messages.last_seq, EXCLUDED.last_seq),
+        streamed_seq = GREATEST(messages.last_seq, messages.streamed_seq, EXCLUDED.last_seq),
         updated_at = now()
     WHERE messages.status = 'streaming'
-      AND (messages.last_seq < EXCLUDED.last_seq
+      AND (GREATEST(messages.last_seq, messages.streamed_seq) < EXCLUDED.last_seq
            OR (EXCLUDED.text = '' AND EXCLUDED.delta_ends = '{}' AND EXCLUDED.switches = '[]'
                AND EXCLUDED.foreign_seqs = '{}'))"
     };
@@ -207,22 +212,23 @@ WITH c AS (
     SELECT $1, $2, $3, 'assistant', $12, $4, COALESCE($13, $5), $7, $8, $9, $10, $11, $6,
            $14, $15, $16, $17, $18, $19, $20 FROM c
     ON CONFLICT (tenant_id, conversation_id, id) DO UPDATE SET
-        text = CASE WHEN messages.last_seq < EXCLUDED.last_seq
+        text = CASE WHEN GREATEST(messages.last_seq, messages.streamed_seq) < EXCLUDED.last_seq
                     THEN messages.text || EXCLUDED.text ELSE messages.text END,
-        delta_ends = CASE WHEN messages.last_seq < EXCLUDED.last_seq
+        delta_ends = CASE WHEN GREATEST(messages.last_seq, messages.streamed_seq) < EXCLUDED.last_seq
                           THEN messages.delta_ends || EXCLUDED.delta_ends
                           ELSE messages.delta_ends END,
-        switches = CASE WHEN messages.last_seq < EXCLUDED.last_seq
+        switches = CASE WHEN GREATEST(messages.last_seq, messages.streamed_seq) < EXCLUDED.last_seq
                         THEN messages.switches || EXCLUDED.switches ELSE messages.switches END,
-        foreign_seqs = CASE WHEN messages.last_seq < EXCLUDED.last_seq
+        foreign_seqs = CASE WHEN GREATEST(messages.last_seq, messages.streamed_seq) < EXCLUDED.last_seq
                             THEN messages.foreign_seqs || EXCLUDED.foreign_seqs
                             ELSE messages.foreign_seqs END,
         status = EXCLUDED.status, model = COALESCE($13, messages.model),
         input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
         finish_reason = EXCLUDED.finish_reason, error_code = EXCLUDED.error_code,
         error_message = EXCLUDED.error_message, cost_micros = EXCLUDED.cost_micros,
-        cache = EXCLUDED.cache, last_seq = GREATEST(messages.last_seq, EXCLUDED.last_seq),
-        updated_at = now()
+        cache = EXCLUDED.cache,
+        last_seq = GREATEST(messages.last_seq, messages.streamed_seq, EXCLUDED.last_seq),
+        streamed_seq = NULL, updated_at = now()
     WHERE messages.status = 'streaming'
     RETURNING 1
 )
@@ -382,7 +388,7 @@ impl PgConversationStore {
                 let updated = tx
                     .execute(
                         "UPDATE messages SET status = 'interrupted', last_seq = $4,
-                             updated_at = now()
+                             streamed_seq = NULL, updated_at = now()
                          WHERE tenant_id = $1 AND conversation_id = $2 AND id = $3
                            AND status = 'streaming'
                            AND updated_at < now() - make_interval(secs => $5)",
@@ -705,7 +711,7 @@ impl ConversationStore for PgConversationStore {
                 .prepare_cached(
                     "WITH m AS (
                          UPDATE messages SET status = 'interrupted', last_seq = $4,
-                             updated_at = now()
+                             streamed_seq = NULL, updated_at = now()
                          WHERE tenant_id = $1 AND conversation_id = $2 AND id = $3
                          RETURNING id
                      )
@@ -755,7 +761,8 @@ impl ConversationStore for PgConversationStore {
             // needs, one more than a page to bound it.
             let sql = format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages
-                 WHERE tenant_id = $1 AND conversation_id = $2 AND last_seq > $3
+                 WHERE tenant_id = $1 AND conversation_id = $2
+                   AND (last_seq > $3 OR (status = 'streaming' AND streamed_seq > $3))
                  ORDER BY first_seq LIMIT $4"
             );
             let statement = client.prepare_cached(&sql).await.map_err(unavailable)?;

@@ -462,6 +462,14 @@ async fn checkpoints_append_once_even_when_retried_and_replay_seq_for_seq() {
     let again = progress("a1", 2, 5, " world", vec![8, 11]);
     store.checkpoint_assistant("t", &c.id, again.clone()).await.unwrap();
     store.checkpoint_assistant("t", &c.id, again).await.unwrap();
+    // A resume from inside the reply while it still streams finds what was checkpointed:
+    // the progress is in `streamed_seq`, not in the indexed `last_seq` (V14).
+    let streaming = replay(&store, "t", &c.id, 3).await;
+    assert_eq!(seqs_of(&streaming), [4, 5]);
+    assert_eq!(streaming[0], ConversationEvent::Delta { seq: 4, text: " wo".into() });
+    let loaded = store.load("t", &c.id, 10).await.unwrap();
+    assert_eq!(loaded.messages[1].last_seq, 5);
+    assert_eq!(loaded.messages[1].status, MessageStatus::Streaming);
     // An ack inside the reply's range, then the finish (retried too).
     store.append_user_message("t", &c.id, user("u2", "more", 6)).await.unwrap();
     let mut last = progress("a1", 2, 8, "!", vec![12]);
