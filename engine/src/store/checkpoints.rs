@@ -32,7 +32,9 @@ use deadpool_postgres::Pool;
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
-use super::postgres::{append_to_streaming_reply, bounded, to_i64, unavailable};
+use super::postgres::{
+    OPEN_REPLY, ReplyParams, append_to_streaming_reply, bounded, to_i64, unavailable,
+};
 
 /// Rows per statement, at most: enough that 1,000 open replies take a handful of writes per
 /// tick, small enough that one write stays a few milliseconds.
@@ -257,6 +259,9 @@ async fn write_batch_now(
     pool: &Pool,
     batch: &[Queued],
 ) -> Result<HashSet<(String, String)>, BatchFailed> {
+    if let [alone] = batch {
+        return write_one(pool, &alone.checkpoint).await;
+    }
     let column = |f: &dyn Fn(&Checkpoint) -> String| -> Vec<String> {
         batch.iter().map(|q| f(&q.checkpoint)).collect()
     };
@@ -298,16 +303,40 @@ async fn write_batch_now(
             ],
         )
         .await
-        .map_err(|error| BatchFailed {
-            row_refused: error
-                .as_db_error()
-                .is_some_and(|e| matches!(e.code().code().get(..2), Some("22" | "23"))),
-            error: unavailable(error),
-        })?;
+        .map_err(refused_or_unavailable)?;
     rows.iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(BatchFailed::unavailable)
+}
+
+/// A batch of one, as most are until a few hundred replies stream at once (at 200 it held
+/// 1.4 checkpoints on average): the reply's record statement without a reservation, which
+/// appends the same way and costs PostgreSQL a third of the `unnest` statement for one row
+/// (0.15 against 0.45 ms, `pg_stat_statements`), whose arrays and casts are paid per call.
+async fn write_one(
+    pool: &Pool,
+    checkpoint: &Checkpoint,
+) -> Result<HashSet<(String, String)>, BatchFailed> {
+    let client = pool.get().await.map_err(BatchFailed::unavailable)?;
+    let statement = client.prepare_cached(OPEN_REPLY).await.map_err(BatchFailed::unavailable)?;
+    let params =
+        ReplyParams::of(&checkpoint.tenant_id, &checkpoint.conversation_id, &checkpoint.progress);
+    let no_reservation: Option<i64> = None;
+    let row = client
+        .query_opt(&statement, &params.then(&[&no_reservation]))
+        .await
+        .map_err(refused_or_unavailable)?;
+    Ok(row.map(|_| checkpoint.key()).into_iter().collect())
+}
+
+fn refused_or_unavailable(error: tokio_postgres::Error) -> BatchFailed {
+    BatchFailed {
+        row_refused: error
+            .as_db_error()
+            .is_some_and(|e| matches!(e.code().code().get(..2), Some("22" | "23"))),
+        error: unavailable(error),
+    }
 }
 
 /// A PostgreSQL array literal of numbers: `{1,2,3}`.

@@ -179,7 +179,7 @@ pub(super) use append_to_streaming_reply;
 /// reservation raised to `$12` when that is not NULL — one statement, because the turn's
 /// first event waits for it. The conversation's `last_seq` follows. Answers the stored
 /// reservation; no row when the conversation is not this tenant's, or deleted.
-const OPEN_REPLY: &str = concat!(
+pub(super) const OPEN_REPLY: &str = concat!(
     "WITH c AS (
     UPDATE conversations SET last_seq = GREATEST(last_seq, $6),
         seq_reserved = GREATEST(seq_reserved, COALESCE($12::int8, 0)), updated_at = now()
@@ -236,7 +236,7 @@ SELECT count(*) FROM c";
 
 /// The parameters every reply write starts with: `$1`–`$11` of [`OPEN_REPLY`] and
 /// [`FINISH_REPLY`] (the converted ones computed once, the rest borrowed).
-struct ReplyParams<'a> {
+pub(super) struct ReplyParams<'a> {
     tenant: &'a str,
     conversation: &'a str,
     progress: &'a AssistantProgress,
@@ -248,7 +248,11 @@ struct ReplyParams<'a> {
 }
 
 impl<'a> ReplyParams<'a> {
-    fn of(tenant: &'a str, conversation: &'a str, progress: &'a AssistantProgress) -> Self {
+    pub(super) fn of(
+        tenant: &'a str,
+        conversation: &'a str,
+        progress: &'a AssistantProgress,
+    ) -> Self {
         let chunk = &progress.chunk;
         ReplyParams {
             tenant,
@@ -267,7 +271,10 @@ impl<'a> ReplyParams<'a> {
     }
 
     /// `$1`–`$11`, then the statement's own parameters.
-    fn then<'p>(&'p self, rest: &[&'p (dyn ToSql + Sync)]) -> Vec<&'p (dyn ToSql + Sync)> {
+    pub(super) fn then<'p>(
+        &'p self,
+        rest: &[&'p (dyn ToSql + Sync)],
+    ) -> Vec<&'p (dyn ToSql + Sync)> {
         let progress = self.progress;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &self.tenant,
