@@ -9,7 +9,10 @@
 -- closed; a reply's true last seq is `GREATEST(last_seq, streamed_seq)` (NULLs ignored).
 ALTER TABLE messages ADD COLUMN streamed_seq int8;
 ALTER TABLE messages SET (fillfactor = 70);
-DROP INDEX messages_streaming;
 -- The crash sweep (old `streaming` rows) and resumes into a reply still streaming.
-CREATE INDEX messages_streaming ON messages (tenant_id, conversation_id)
-    WHERE status = 'streaming';
+-- Building it reads the whole table under a lock that holds writes back: on a large
+-- database, build it first with `CREATE INDEX CONCURRENTLY` (the same statement) and this
+-- one does nothing.
+CREATE INDEX IF NOT EXISTS messages_streaming_by_conversation
+    ON messages (tenant_id, conversation_id) WHERE status = 'streaming';
+DROP INDEX IF EXISTS messages_streaming;
