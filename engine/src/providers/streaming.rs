@@ -310,8 +310,7 @@ pub(crate) async fn send(
             .send();
         timeout_at(deadline, request)
     };
-    let response = match post().await {
-        Err(_) => return Err(ProviderError::Timeout(phase)),
+    let sent = match post().await {
         Ok(Err(e)) if closed_without_answer(&e) => {
             tracing::debug!(
                 provider = endpoint.kind.as_str(),
@@ -319,12 +318,12 @@ pub(crate) async fn send(
                 error = %e.without_url(),
                 "the connection closed before an answer; sending the request again"
             );
-            match post().await {
-                Err(_) => return Err(ProviderError::Timeout(phase)),
-                Ok(Err(e)) => return Err(transport_error(endpoint, e, phase)),
-                Ok(Ok(response)) => response,
-            }
+            post().await
         }
+        sent => sent,
+    };
+    let response = match sent {
+        Err(_) => return Err(ProviderError::Timeout(phase)),
         Ok(Err(e)) => return Err(transport_error(endpoint, e, phase)),
         Ok(Ok(response)) => response,
     };

@@ -11,9 +11,9 @@
 //! stream, the codec's flags and two empty buffers.
 //!
 //! Backpressure is the kernel's: a write waits until the socket can take the bytes, and a
-//! write that makes no progress for its timeout (`limits.ws_write_timeout_ms`) fails, so a client that stops
-//! reading costs at most one write (a batch of frames, 16 KiB at most) and its socket buffer
-//! until the session drops it.
+//! write that makes no progress for its timeout (`limits.ws_write_timeout_ms`) fails, so a
+//! client that stops reading costs at most one write (a batch of frames, 16 KiB at most) and
+//! its socket buffer until the session drops it.
 
 use std::io;
 use std::time::Duration;
