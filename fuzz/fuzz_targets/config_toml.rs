@@ -54,10 +54,8 @@ fn check_usable(config: &Config) {
         assert!(!chain.is_empty());
         assert!(chain.iter().all(|m| names.contains(m.as_str())));
     }
+    // A model, an alias, or `auto` (complexity-based routing, a valid default since #9).
     let default = config.default_model();
-    assert!(
-        names.contains(default) || config.routing.aliases.contains_key(default),
-        "default model `{default}` resolves to nothing"
-    );
+    assert!(config.routes_to(default), "default model `{default}` resolves to nothing");
     let _ = format!("{config:?}");
 }
