@@ -52,6 +52,9 @@ struct RunArgs {
     ramp_up: Option<String>,
     #[arg(long)]
     think_time: Option<String>,
+    /// Spread of each pause around the think time, as a fraction of it (0 = fixed pauses).
+    #[arg(long)]
+    think_jitter: Option<f64>,
     #[arg(long)]
     message_size: Option<usize>,
     #[arg(long)]
@@ -102,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         duration,
         ramp_up,
         think_time,
+        think_jitter,
         message_size,
         upstream_ttft_ms,
         upstream_token_delay_ms

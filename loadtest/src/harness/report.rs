@@ -43,6 +43,19 @@ impl Percentiles {
     }
 }
 
+/// The figures for the turns sent once every connection was open (after the ramp-up).
+#[derive(Debug, Clone, Serialize)]
+pub struct SteadyState {
+    /// Second of the run the window starts at (the ramp-up's length).
+    pub from_second: u64,
+    pub turns_completed: u64,
+    pub errors: u64,
+    pub ack: Percentiles,
+    pub ttft: Percentiles,
+    pub engine_ttft: Percentiles,
+    pub turn: Percentiles,
+}
+
 /// One second of the run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Second {
@@ -89,6 +102,8 @@ pub struct Report {
     pub engine_ttft: Percentiles,
     pub gap: Percentiles,
     pub turn: Percentiles,
+    /// The same, for the turns sent after the ramp-up only.
+    pub steady: SteadyState,
     pub cpu: CpuUsage,
     /// The engine's resident memory per held connection (with `--engine-pid`).
     pub engine_memory: Option<EngineMemory>,
@@ -101,18 +116,16 @@ const CURVE_POINTS: [f64; 12] =
 
 impl Report {
     pub fn build(scenario: &Scenario, stats: &Stats, elapsed: Duration, cpu: CpuUsage) -> Report {
-        let mut engine_ttft = Percentiles::of(&stats.ttft);
-        let upstream = scenario.upstream_ttft_ms as f64;
-        for v in [
-            &mut engine_ttft.p50,
-            &mut engine_ttft.p90,
-            &mut engine_ttft.p99,
-            &mut engine_ttft.p999,
-            &mut engine_ttft.max,
-            &mut engine_ttft.mean,
-        ] {
-            *v = (*v - upstream).max(0.0);
-        }
+        // Time to first token minus what fake-llm was told to take.
+        let engine_share = |ttft: &Histogram<u64>| {
+            let mut p = Percentiles::of(ttft);
+            let upstream = scenario.upstream_ttft_ms as f64;
+            for v in [&mut p.p50, &mut p.p90, &mut p.p99, &mut p.p999, &mut p.max, &mut p.mean] {
+                *v = (*v - upstream).max(0.0);
+            }
+            p
+        };
+        let steady = &stats.steady;
         let curve = |h: &Histogram<u64>| -> Vec<(f64, f64)> {
             if h.is_empty() {
                 return Vec::new();
@@ -139,9 +152,18 @@ impl Report {
             cache_hits: stats.cache_hits,
             ack: Percentiles::of(&stats.ack),
             ttft: Percentiles::of(&stats.ttft),
-            engine_ttft,
+            engine_ttft: engine_share(&stats.ttft),
             gap: Percentiles::of(&stats.gap),
             turn: Percentiles::of(&stats.turn),
+            steady: SteadyState {
+                from_second: steady.from_second,
+                turns_completed: steady.turns_completed,
+                errors: steady.errors,
+                ack: Percentiles::of(&steady.ack),
+                ttft: Percentiles::of(&steady.ttft),
+                engine_ttft: engine_share(&steady.ttft),
+                turn: Percentiles::of(&steady.turn),
+            },
             cpu,
             engine_memory: None,
             timeline: stats
@@ -212,6 +234,24 @@ impl Report {
             ("engine ttft", &self.engine_ttft),
             ("token gap", &self.gap),
             ("turn", &self.turn),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name:<12} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                p.count, p.p50, p.p90, p.p99, p.p999, p.max
+            );
+        }
+        let steady = &self.steady;
+        let _ = writeln!(
+            out,
+            "after the ramp-up (turns sent from second {}): {} turns, {} errors",
+            steady.from_second, steady.turns_completed, steady.errors
+        );
+        for (name, p) in [
+            ("ack", &steady.ack),
+            ("ttft", &steady.ttft),
+            ("engine ttft", &steady.engine_ttft),
+            ("turn", &steady.turn),
         ] {
             let _ = writeln!(
                 out,
@@ -364,7 +404,7 @@ mod tests {
     fn the_report_has_the_promised_fields_and_draws_charts() {
         let scenario =
             ScenarioFile { upstream_ttft_ms: 5, ..ScenarioFile::default() }.resolve().unwrap();
-        let mut stats = Stats::default();
+        let mut stats = Stats::steady_from(3);
         for i in 0..100 {
             stats.record(TurnSample {
                 second: i / 10,
@@ -385,6 +425,9 @@ mod tests {
         assert!(json["ttft"]["p50"].as_f64().unwrap() >= 6.0);
         assert!(json["turn"]["p99"].as_f64().unwrap() >= 99.0);
         assert!(report.engine_ttft.p50 < report.ttft.p50, "the upstream share is taken off");
+        assert_eq!(json["steady"]["from_second"], 3);
+        assert_eq!(json["steady"]["ttft"]["count"], 70, "seconds 3 to 9 only");
+        assert!(report.steady.engine_ttft.p50 < report.steady.ttft.p50);
         let html = report.html();
         assert!(html.contains("<svg") && html.contains("polyline"));
         assert!(report.summary().contains("connections held 42"));

@@ -32,8 +32,11 @@ pub struct ScenarioFile {
     pub chatting: usize,
     pub duration: String,
     pub ramp_up: String,
-    /// Pause between a reply and the next message of one client.
+    /// Mean pause between a reply and the next message of one client.
     pub think_time: String,
+    /// How far one pause may stray from `think_time`, as a fraction of it: each pause is
+    /// drawn uniformly from `think_time × [1 − jitter, 1 + jitter]` (0: every pause the same).
+    pub think_jitter: f64,
     /// Bytes of each user message.
     pub message_size: usize,
     /// Model (or route alias) for the conversations; the engine's default when absent.
@@ -60,6 +63,7 @@ impl Default for ScenarioFile {
             duration: "30s".into(),
             ramp_up: "5s".into(),
             think_time: "1s".into(),
+            think_jitter: 0.5,
             message_size: 64,
             model: None,
             upstream_ttft_ms: 0,
@@ -87,6 +91,7 @@ pub struct Scenario {
     pub ramp_up: Duration,
     #[serde(with = "secs")]
     pub think_time: Duration,
+    pub think_jitter: f64,
     pub message_size: usize,
     pub model: Option<String>,
     pub upstream_ttft_ms: u64,
@@ -98,6 +103,34 @@ pub struct Scenario {
     #[serde(skip)]
     pub token: Option<String>,
     pub engine_pid: Option<u32>,
+}
+
+impl Scenario {
+    /// One client's pause before its next message.
+    ///
+    /// Drawn, not fixed: clients that all pause exactly `think_time` after replies of the same
+    /// length stay in lockstep for the whole run, so the load arrives in waves (every chatting
+    /// client at once, then none) that no population of real users makes, and the latency
+    /// measured is the wave's queue.
+    pub fn think(&self) -> Duration {
+        let spread = self.think_jitter * (2.0 * rand::random::<f64>() - 1.0);
+        self.think_time.mul_f64((1.0 + spread).max(0.0))
+    }
+
+    /// How long a chatting client waits before its first message: anywhere within one think
+    /// time, so clients that connect together do not start in step either.
+    pub fn first_message_delay(&self) -> Duration {
+        if self.think_jitter == 0.0 {
+            return Duration::ZERO;
+        }
+        self.think_time.mul_f64(rand::random::<f64>())
+    }
+
+    /// The second of the run from which every connection is open (the end of the ramp-up):
+    /// turns sent from then on make the steady-state figures.
+    pub fn steady_from_second(&self) -> u64 {
+        self.ramp_up.as_secs_f64().ceil() as u64
+    }
 }
 
 mod secs {
@@ -122,10 +155,14 @@ impl ScenarioFile {
         if self.connections == 0 {
             bail!("connections must be at least 1");
         }
+        if !(0.0..=1.0).contains(&self.think_jitter) {
+            bail!("think_jitter ({}) must be between 0 and 1", self.think_jitter);
+        }
         Ok(Scenario {
             duration: parse_duration(&self.duration).context("duration")?,
             ramp_up: parse_duration(&self.ramp_up).context("ramp_up")?,
             think_time: parse_duration(&self.think_time).context("think_time")?,
+            think_jitter: self.think_jitter,
             target: self.target.trim_end_matches('/').to_owned(),
             name: self.name,
             description: self.description,
@@ -192,6 +229,29 @@ mod tests {
             }
         }
         assert!(count >= 3, "scenarios missing");
+    }
+
+    #[test]
+    fn pauses_spread_around_the_think_time_and_average_to_it() {
+        let scenario =
+            ScenarioFile { think_time: "1s".into(), think_jitter: 0.5, ..ScenarioFile::default() }
+                .resolve()
+                .unwrap();
+        let pauses: Vec<f64> = (0..2000).map(|_| scenario.think().as_secs_f64()).collect();
+        assert!(pauses.iter().all(|p| (0.5..=1.5).contains(p)), "within ±50 %");
+        let mean = pauses.iter().sum::<f64>() / pauses.len() as f64;
+        assert!((mean - 1.0).abs() < 0.05, "mean {mean} is the think time");
+        let (low, high) =
+            pauses.iter().fold((f64::MAX, 0.0f64), |(l, h), p| (l.min(*p), h.max(*p)));
+        assert!(low < 0.6 && high > 1.4, "the pauses are spread, not fixed: {low}..{high}");
+        assert!((0..100).all(|_| scenario.first_message_delay() < Duration::from_secs(1)));
+
+        let fixed =
+            ScenarioFile { think_jitter: 0.0, ..ScenarioFile::default() }.resolve().unwrap();
+        assert_eq!(fixed.think(), fixed.think_time);
+        assert_eq!(fixed.first_message_delay(), Duration::ZERO);
+        let bad = ScenarioFile { think_jitter: 1.5, ..ScenarioFile::default() };
+        assert!(bad.resolve().is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub async fn run(
     progress: Arc<Progress>,
     started: Instant,
 ) -> anyhow::Result<Stats> {
-    let recorder = Arc::new(Recorder::default());
+    let recorder = Arc::new(Recorder::steady_from(scenario.steady_from_second()));
     let end = started + scenario.ramp_up + scenario.duration;
     let loops = scenario.chatting.max(1);
     let mut tasks = JoinSet::new();
@@ -81,7 +81,7 @@ async fn client_loop(
         let ok = sample.error.is_none();
         recorder.record(sample);
         progress.turn(ok);
-        let think = Instant::now() + scenario.think_time;
+        let think = Instant::now() + scenario.think();
         tokio::time::sleep_until(think.min(end).into()).await;
     }
     recorder.with(|s| {

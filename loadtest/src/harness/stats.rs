@@ -53,6 +53,63 @@ pub struct Stats {
     pub duplicate_terminals: u64,
     /// Second of the run → turns finished in it and their time to first token.
     pub timeline: BTreeMap<u64, Bucket>,
+    /// The same latencies for the turns sent once every connection was open.
+    pub steady: Steady,
+}
+
+/// The turns sent from `from_second` on (the end of the ramp-up): the load a budget is stated
+/// for, without the ramp's connection set-up (a conversation created and a socket upgraded
+/// for every new client) competing with it. Everything else in [`Stats`] covers the whole run.
+#[derive(Debug, Clone)]
+pub struct Steady {
+    pub from_second: u64,
+    pub ack: Histogram<u64>,
+    pub ttft: Histogram<u64>,
+    pub turn: Histogram<u64>,
+    pub turns_completed: u64,
+    pub errors: u64,
+}
+
+impl Steady {
+    fn from(from_second: u64) -> Steady {
+        Steady {
+            from_second,
+            ack: histogram(),
+            ttft: histogram(),
+            turn: histogram(),
+            turns_completed: 0,
+            errors: 0,
+        }
+    }
+
+    fn record(&mut self, sample: &TurnSample) {
+        if sample.second < self.from_second {
+            return;
+        }
+        if let Some(d) = sample.ack {
+            let _ = self.ack.record(micros(d));
+        }
+        if let Some(d) = sample.ttft {
+            let _ = self.ttft.record(micros(d));
+        }
+        match (&sample.error, sample.total) {
+            (Some(_), _) => self.errors += 1,
+            (None, total) => {
+                self.turns_completed += 1;
+                if let Some(d) = total {
+                    let _ = self.turn.record(micros(d));
+                }
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &Steady) {
+        let _ = self.ack.add(&other.ack);
+        let _ = self.ttft.add(&other.ttft);
+        let _ = self.turn.add(&other.turn);
+        self.turns_completed += other.turns_completed;
+        self.errors += other.errors;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +139,7 @@ impl Default for Stats {
             acked_without_terminal: 0,
             duplicate_terminals: 0,
             timeline: BTreeMap::new(),
+            steady: Steady::from(0),
         }
     }
 }
@@ -106,7 +164,13 @@ pub struct TurnSample {
 }
 
 impl Stats {
+    /// Stats whose steady-state figures start at `from_second` of the run.
+    pub fn steady_from(from_second: u64) -> Stats {
+        Stats { steady: Steady::from(from_second), ..Stats::default() }
+    }
+
     pub fn record(&mut self, sample: TurnSample) {
+        self.steady.record(&sample);
         if let Some(d) = sample.ack {
             let _ = self.ack.record(micros(d));
         }
@@ -162,6 +226,7 @@ impl Stats {
         self.gap_resumes += other.gap_resumes;
         self.acked_without_terminal += other.acked_without_terminal;
         self.duplicate_terminals += other.duplicate_terminals;
+        self.steady.merge(&other.steady);
         for (second, bucket) in other.timeline {
             let mine = self.timeline.entry(second).or_insert_with(|| Bucket {
                 turns: 0,
@@ -312,6 +377,11 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// A recorder whose steady-state figures start at `from_second` of the run.
+    pub fn steady_from(from_second: u64) -> Recorder {
+        Recorder { stats: Mutex::new(Stats::steady_from(from_second)) }
+    }
+
     pub fn record(&self, sample: TurnSample) {
         self.with(|s| s.record(sample));
     }
@@ -468,5 +538,34 @@ mod tests {
         assert_eq!(stats.timeline[&4].ttft.len(), 1);
         let p50 = stats.ttft.value_at_quantile(0.5);
         assert!((4_900..=7_100).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn steady_state_figures_leave_out_the_turns_sent_during_the_ramp_up() {
+        let sample = |second, ms| TurnSample {
+            second,
+            ack: Some(Duration::from_millis(ms)),
+            ttft: Some(Duration::from_millis(ms)),
+            total: Some(Duration::from_millis(ms * 10)),
+            ..TurnSample::default()
+        };
+        let mut stats = Stats::steady_from(10);
+        stats.record(sample(2, 400));
+        stats.record(sample(10, 4));
+        let mut other = Stats::steady_from(10);
+        other.record(sample(9, 300));
+        other.record(sample(11, 6));
+        other.record(TurnSample {
+            second: 12,
+            error: Some("timeout".into()),
+            ..TurnSample::default()
+        });
+        stats.merge(other);
+        assert_eq!(stats.turns_completed, 4, "the whole run keeps every turn");
+        assert!(stats.ttft.max() >= 399_000);
+        let steady = &stats.steady;
+        assert_eq!((steady.turns_completed, steady.errors), (2, 1));
+        assert_eq!((steady.ack.len(), steady.ttft.len(), steady.turn.len()), (2, 2, 2));
+        assert!(steady.ttft.max() < 7_000, "ramp-up turns left out: {}", steady.ttft.max());
     }
 }

@@ -39,7 +39,7 @@ pub async fn run(
     progress: Arc<Progress>,
     started: Instant,
 ) -> anyhow::Result<Stats> {
-    let recorder = Arc::new(Recorder::default());
+    let recorder = Arc::new(Recorder::steady_from(scenario.steady_from_second()));
     let end = started + scenario.ramp_up + scenario.duration;
     let mut tasks = JoinSet::new();
     for index in 0..scenario.connections {
@@ -197,6 +197,8 @@ impl Connection {
         let mut seq = SeqCheck::default();
         let mut ledger = Ledger::default();
         let mut turn_number = 0u64;
+        let first = Instant::now() + self.scenario.first_message_delay();
+        tokio::time::sleep_until(first.min(self.end).into()).await;
         while Instant::now() < self.end {
             turn_number += 1;
             let content = client::message(self.index, turn_number, self.scenario.message_size);
@@ -296,7 +298,7 @@ impl Connection {
                 }
             };
             self.close_turn(turn, finished, dropped_unacked);
-            let think = Instant::now() + self.scenario.think_time;
+            let think = Instant::now() + self.scenario.think();
             tokio::time::sleep_until(think.min(self.end).into()).await;
         }
         self.tally(&seq, &ledger);
