@@ -182,6 +182,7 @@ pub(crate) async fn recover(
             content: m.text.clone(),
             cache: CacheMode::Use,
             span: tracing::Span::none(),
+            opened_reply: None,
         })
         .collect();
     if !pending.is_empty() {
@@ -206,6 +207,9 @@ struct QueuedTurn {
     cache: CacheMode,
     /// The turn's trace, opened when the message was posted; `none` for recovered messages.
     span: tracing::Span,
+    /// The id of the reply whose record was written with the message (posted to an idle
+    /// conversation, so its turn starts at once): the turn does not write it again.
+    opened_reply: Option<String>,
 }
 
 /// One item of the running turn's stream, tagged so a late item of an ended turn is ignored.
@@ -496,7 +500,8 @@ impl ConversationActor {
         let config = &self.deps.config;
         self.history.push(ChatMessage::user(next.content));
         let settings = &self.conversation.settings;
-        let reply_id = uuid::Uuid::now_v7().to_string();
+        let opened = next.opened_reply.is_some();
+        let reply_id = next.opened_reply.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let request = TurnRequest {
             tenant_id: self.tenant_id.clone(),
             conversation_id: self.conversation.id.clone(),
@@ -555,13 +560,20 @@ impl ConversationActor {
             span,
         });
         self.set_busy(true);
-        self.begin_reply(ctx);
+        if !opened {
+            self.begin_reply(ctx);
+        }
     }
 
     /// The reservation to request now, if the current one is half used (or less is left).
     fn reservation_target(&self) -> Option<u64> {
+        self.reservation_target_after(self.last_seq)
+    }
+
+    /// [`Self::reservation_target`] once the seqs up to `last_seq` are taken.
+    fn reservation_target_after(&self, last_seq: u64) -> Option<u64> {
         let block = self.deps.config.seq_reserve_block.max(2);
-        (self.reserved <= self.last_seq + block / 2).then_some(self.last_seq + block)
+        (self.reserved <= last_seq + block / 2).then_some(last_seq + block)
     }
 
     /// Persists the reply's (empty, `streaming`) record and, if needed, a seq reservation
@@ -1109,17 +1121,44 @@ impl Handler<PostUserMessage> for ConversationActor {
         };
         let message_id = uuid::Uuid::now_v7().to_string();
         let seq = self.last_seq + 1;
-        let write = self.deps.store.append_user_message(
-            &self.tenant_id,
-            &self.conversation.id,
-            NewUserMessage {
-                id: message_id.clone(),
-                client_id: msg.client_id.clone(),
-                user_id: msg.user_id.clone(),
-                content: msg.content.clone(),
-                seq,
-            },
-        );
+        let message = NewUserMessage {
+            id: message_id.clone(),
+            client_id: msg.client_id.clone(),
+            user_id: msg.user_id.clone(),
+            content: msg.content.clone(),
+            seq,
+        };
+        // A message to an idle conversation starts its turn as soon as it is stored, and the
+        // turn's first event waits for the reply's record: one write for both, so that wait is
+        // one commit, not two. (Nothing can start a turn meanwhile: the write runs under
+        // `ctx.wait`.)
+        let idle =
+            self.current.is_none() && self.held_terminal.is_none() && self.pending.is_empty();
+        let opened_reply = idle.then(|| uuid::Uuid::now_v7().to_string());
+        let write: crate::ports::store::StoreFuture<Option<u64>> = match &opened_reply {
+            Some(reply_id) => self.deps.store.append_user_message_opening_reply(
+                &self.tenant_id,
+                &self.conversation.id,
+                message,
+                AssistantProgress {
+                    message_id: reply_id.clone(),
+                    reply_to: message_id.clone(),
+                    requested_model: self.conversation.settings.model.clone(),
+                    first_seq: seq + 1,
+                    last_seq: seq,
+                    chunk: StreamChunk::default(),
+                },
+                self.reservation_target_after(seq),
+            ),
+            None => {
+                let append = self.deps.store.append_user_message(
+                    &self.tenant_id,
+                    &self.conversation.id,
+                    message,
+                );
+                Box::pin(async move { append.await.map(|()| None) })
+            }
+        };
         // One trace per turn, opened here so the user message's write is part of it.
         let span = turn_span(&self.tenant_id, &self.conversation.id, &message_id);
         let write = tracing::Instrument::instrument(
@@ -1134,8 +1173,9 @@ impl Handler<PostUserMessage> for ConversationActor {
                 metrics::counter!("switchyard_store_errors_total", "operation" => "append_user_message")
                     .increment(1);
             }
-            let result = written.map_err(ConversationError::from).map(|()| {
+            let result = written.map_err(ConversationError::from).map(|reserved| {
                 act.last_seq = seq;
+                act.reserved = act.reserved.max(reserved.unwrap_or(0));
                 if let Some(permit) = new_permit {
                     act.permit = Some(permit);
                 }
@@ -1149,6 +1189,7 @@ impl Handler<PostUserMessage> for ConversationActor {
                     content: msg.content,
                     cache: msg.cache,
                     span,
+                    opened_reply,
                 });
                 act.broadcast(ConversationEvent::Ack {
                     client_id: msg.client_id,

@@ -563,6 +563,26 @@ pub trait ConversationStore: Send + Sync + 'static {
         })
     }
 
+    /// A user message that starts a turn at once (its conversation idle) with its reply's
+    /// empty record and reservation: [`Self::append_user_message`] then [`Self::open_reply`],
+    /// returning once both are durable. The turn's first event waits for this, so a store
+    /// that can make it one write should: the default makes the two calls in turn.
+    fn append_user_message_opening_reply(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        message: NewUserMessage,
+        reply: AssistantProgress,
+        reserve_to: Option<u64>,
+    ) -> StoreFuture<Option<u64>> {
+        let append = self.append_user_message(tenant_id, conversation_id, message);
+        let open = self.open_reply(tenant_id, conversation_id, reply, reserve_to);
+        Box::pin(async move {
+            append.await?;
+            open.await
+        })
+    }
+
     /// Appends the last part of a reply and records how it ended.
     fn finish_assistant(
         &self,

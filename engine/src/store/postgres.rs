@@ -175,12 +175,12 @@ macro_rules! append_to_streaming_reply {
 }
 pub(super) use append_to_streaming_reply;
 
-/// A reply's record before its first event (or any part of it, appended), with the seq
-/// reservation raised to `$12` when that is not NULL — one statement, because the turn's
-/// first event waits for it. The conversation's `last_seq` follows. Answers the stored
-/// reservation; no row when the conversation is not this tenant's, or deleted.
-pub(super) const OPEN_REPLY: &str = concat!(
-    "WITH c AS (
+/// The two common table expressions of [`OPEN_REPLY`]: `c`, the conversation (its
+/// `last_seq` and reservation raised), and `reply`, the reply's record.
+macro_rules! open_reply_ctes {
+    () => {
+        concat!(
+            "WITH c AS (
     UPDATE conversations SET last_seq = GREATEST(last_seq, $6),
         seq_reserved = GREATEST(seq_reserved, COALESCE($12::int8, 0)), updated_at = now()
     WHERE tenant_id = $1 AND id = $2 RETURNING seq_reserved
@@ -189,8 +189,30 @@ pub(super) const OPEN_REPLY: &str = concat!(
                           delta_ends, switches, foreign_seqs, first_seq, last_seq)
     SELECT $1, $2, $3, 'assistant', 'streaming', $4, $5, $7, $8, $9, $10, $11, $6 FROM c
     ",
-    append_to_streaming_reply!(),
-    "
+            append_to_streaming_reply!(),
+            "
+    RETURNING 1
+)"
+        )
+    };
+}
+
+/// A reply's record before its first event (or any part of it, appended), with the seq
+/// reservation raised to `$12` when that is not NULL — one statement, because the turn's
+/// first event waits for it. The conversation's `last_seq` follows. Answers the stored
+/// reservation; no row when the conversation is not this tenant's, or deleted.
+pub(super) const OPEN_REPLY: &str = concat!(open_reply_ctes!(), "\nSELECT seq_reserved FROM c");
+
+/// [`OPEN_REPLY`] with the user message that starts the turn (`$13`–`$17`: id, client id,
+/// user id, text, seq): a message posted to an idle conversation and its reply's record are
+/// one write, so the turn's first event waits for one commit instead of two. The reply's
+/// `$6` is the message's seq, so the conversation's `last_seq` covers both.
+const APPEND_USER_MESSAGE_OPENING_REPLY: &str = concat!(
+    open_reply_ctes!(),
+    ", user_message AS (
+    INSERT INTO messages (tenant_id, conversation_id, id, role, status, client_id, user_id,
+                          text, first_seq, last_seq)
+    SELECT $1, $2, $13, 'user', 'complete', $14, $15, $16, $17, $17 FROM c
     RETURNING 1
 )
 SELECT seq_reserved FROM c"
@@ -644,6 +666,42 @@ impl ConversationStore for PgConversationStore {
             let params = ReplyParams::of(&tenant, &id, &progress);
             let row = client
                 .query_opt(&statement, &params.then(&[&reserve]))
+                .await
+                .map_err(unavailable)?;
+            let reserved = to_u64(row.ok_or(StoreError::NotFound)?.get(0));
+            Ok(reserve_to.map(|_| reserved))
+        })
+    }
+
+    fn append_user_message_opening_reply(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        message: NewUserMessage,
+        reply: AssistantProgress,
+        reserve_to: Option<u64>,
+    ) -> StoreFuture<Option<u64>> {
+        let (tenant, id) = (tenant_id.to_owned(), conversation_id.to_owned());
+        self.call(move |client| async move {
+            let statement = client
+                .prepare_cached(APPEND_USER_MESSAGE_OPENING_REPLY)
+                .await
+                .map_err(unavailable)?;
+            let reserve = reserve_to.map(to_i64);
+            let seq = to_i64(message.seq);
+            let params = ReplyParams::of(&tenant, &id, &reply);
+            let row = client
+                .query_opt(
+                    &statement,
+                    &params.then(&[
+                        &reserve,
+                        &message.id,
+                        &message.client_id,
+                        &message.user_id,
+                        &message.content,
+                        &seq,
+                    ]),
+                )
                 .await
                 .map_err(unavailable)?;
             let reserved = to_u64(row.ok_or(StoreError::NotFound)?.get(0));

@@ -521,6 +521,58 @@ async fn checkpoints_append_once_even_when_retried_and_replay_seq_for_seq() {
 }
 
 #[tokio::test]
+async fn a_message_to_an_idle_conversation_and_its_reply_record_are_one_write() {
+    let Some(db) = TestDatabase::create().await else { return };
+    let store = db.store().await;
+    let c = store.create_conversation("t", "alice", settings()).await.unwrap();
+    let write = store.append_user_message_opening_reply(
+        "t",
+        &c.id,
+        user("u1", "hi", 1),
+        progress("a1", 2, 1, "", vec![]),
+        Some(64),
+    );
+    assert_eq!(write.await.unwrap(), Some(64), "the reservation made with them");
+    let loaded = store.load("t", &c.id, 10).await.unwrap();
+    let ids: Vec<&str> = loaded.messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["u1", "a1"]);
+    assert_eq!((loaded.messages[0].first_seq, loaded.messages[0].last_seq), (1, 1));
+    let reply = &loaded.messages[1];
+    assert_eq!((reply.status, reply.first_seq, reply.last_seq), (MessageStatus::Streaming, 2, 1));
+    assert_eq!(reply.reply_to.as_deref(), Some("u1"));
+    assert_eq!((loaded.conversation.last_seq, loaded.conversation.seq_reserved), (1, 64));
+    let events = replay(&store, "t", &c.id, 0).await;
+    assert!(matches!(events[..], [ConversationEvent::Ack { seq: 1, .. }]), "{events:?}");
+    // The reply streams on from its record like any other.
+    store.checkpoint_assistant("t", &c.id, progress("a1", 2, 3, "Hel", vec![2, 3])).await.unwrap();
+    assert_eq!(seqs_of(&replay(&store, "t", &c.id, 0).await), [1, 2, 3]);
+
+    // Another tenant's conversation: nothing written.
+    let other = store.append_user_message_opening_reply(
+        "other",
+        &c.id,
+        user("u2", "hi", 2),
+        progress("a2", 3, 2, "", vec![]),
+        None,
+    );
+    assert_eq!(other.await, Err(StoreError::NotFound));
+    // One write: when the database refuses the message, the reply's record is not kept either.
+    let fresh = store.create_conversation("t", "alice", settings()).await.unwrap();
+    let refused = store.append_user_message_opening_reply(
+        "t",
+        &fresh.id,
+        user("u1", "a NUL \0 here", 1),
+        progress("a1", 2, 1, "", vec![]),
+        Some(64),
+    );
+    assert!(refused.await.is_err());
+    let loaded = store.load("t", &fresh.id, 10).await.unwrap();
+    assert!(loaded.messages.is_empty(), "{:?}", loaded.messages);
+    assert_eq!((loaded.conversation.last_seq, loaded.conversation.seq_reserved), (0, 0));
+    assert_eq!(store.load("t", &c.id, 10).await.unwrap().messages.len(), 2);
+}
+
+#[tokio::test]
 async fn checkpoints_in_flight_together_are_each_stored_once_and_each_answered() {
     let Some(db) = TestDatabase::create().await else { return };
     let store = db.store().await;
