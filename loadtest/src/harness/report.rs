@@ -228,37 +228,31 @@ impl Report {
             "{:<12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "ms", "count", "p50", "p90", "p99", "p99.9", "max"
         );
-        for (name, p) in [
-            ("ack", &self.ack),
-            ("ttft", &self.ttft),
-            ("engine ttft", &self.engine_ttft),
-            ("token gap", &self.gap),
-            ("turn", &self.turn),
-        ] {
-            let _ = writeln!(
-                out,
-                "{name:<12} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-                p.count, p.p50, p.p90, p.p99, p.p999, p.max
-            );
-        }
+        percentile_rows(
+            &mut out,
+            &[
+                ("ack", &self.ack),
+                ("ttft", &self.ttft),
+                ("engine ttft", &self.engine_ttft),
+                ("token gap", &self.gap),
+                ("turn", &self.turn),
+            ],
+        );
         let steady = &self.steady;
         let _ = writeln!(
             out,
             "after the ramp-up (turns sent from second {}): {} turns, {} errors",
             steady.from_second, steady.turns_completed, steady.errors
         );
-        for (name, p) in [
-            ("ack", &steady.ack),
-            ("ttft", &steady.ttft),
-            ("engine ttft", &steady.engine_ttft),
-            ("turn", &steady.turn),
-        ] {
-            let _ = writeln!(
-                out,
-                "{name:<12} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-                p.count, p.p50, p.p90, p.p99, p.p999, p.max
-            );
-        }
+        percentile_rows(
+            &mut out,
+            &[
+                ("ack", &steady.ack),
+                ("ttft", &steady.ttft),
+                ("engine ttft", &steady.engine_ttft),
+                ("turn", &steady.turn),
+            ],
+        );
         if !self.errors_by_code.is_empty() {
             let codes: Vec<String> =
                 self.errors_by_code.iter().map(|(c, n)| format!("{c}={n}")).collect();
@@ -308,6 +302,17 @@ impl Report {
             summary = escape(&self.summary()),
             json = escape(&json),
         )
+    }
+}
+
+/// Rows of the summary's table: a latency's count and percentiles, in milliseconds.
+fn percentile_rows(out: &mut String, rows: &[(&str, &Percentiles)]) {
+    for (name, p) in rows {
+        let _ = writeln!(
+            out,
+            "{name:<12} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            p.count, p.p50, p.p90, p.p99, p.p999, p.max
+        );
     }
 }
 
