@@ -482,8 +482,7 @@ impl ConversationActor {
 
     /// Starts the next queued turn if none is running; releases the tenant slot when idle.
     fn maybe_start_turn(&mut self, ctx: &mut Context<Self>) {
-        // The next reply's events may not overtake the last one's held terminal.
-        if self.current.is_some() || self.held_terminal.is_some() {
+        if !self.ready_for_a_turn() {
             return;
         }
         let Some(next) = self.pending.pop_front() else {
@@ -565,6 +564,29 @@ impl ConversationActor {
         }
     }
 
+    /// Whether the next queued message may start its turn now: none is running, and the last
+    /// one's held terminal (which the next reply's events may not overtake) has gone out.
+    fn ready_for_a_turn(&self) -> bool {
+        self.current.is_none() && self.held_terminal.is_none()
+    }
+
+    /// A reply's empty `streaming` record, its events to start after `last_seq`.
+    fn empty_reply(
+        &self,
+        message_id: String,
+        reply_to: String,
+        last_seq: u64,
+    ) -> AssistantProgress {
+        AssistantProgress {
+            message_id,
+            reply_to,
+            requested_model: self.conversation.settings.model.clone(),
+            first_seq: last_seq + 1,
+            last_seq,
+            chunk: StreamChunk::default(),
+        }
+    }
+
     /// The reservation to request now, if the current one is half used (or less is left).
     fn reservation_target(&self) -> Option<u64> {
         self.reservation_target_after(self.last_seq)
@@ -581,14 +603,8 @@ impl ConversationActor {
     /// reply cut by a crash — even one that had not checkpointed yet — and its reservation.
     fn begin_reply(&mut self, ctx: &mut Context<Self>) {
         let Some(turn) = self.current.as_ref() else { return };
-        let progress = AssistantProgress {
-            message_id: turn.message_id.clone(),
-            reply_to: turn.reply_to.clone(),
-            requested_model: self.conversation.settings.model.clone(),
-            first_seq: self.last_seq + 1,
-            last_seq: self.last_seq,
-            chunk: StreamChunk::default(),
-        };
+        let progress =
+            self.empty_reply(turn.message_id.clone(), turn.reply_to.clone(), self.last_seq);
         let reserve_to = self.reservation_target();
         let turn_id = turn.turn;
         let write = self.deps.store.open_reply(
@@ -1132,22 +1148,14 @@ impl Handler<PostUserMessage> for ConversationActor {
         // turn's first event waits for the reply's record: one write for both, so that wait is
         // one commit, not two. (Nothing can start a turn meanwhile: the write runs under
         // `ctx.wait`.)
-        let idle =
-            self.current.is_none() && self.held_terminal.is_none() && self.pending.is_empty();
-        let opened_reply = idle.then(|| uuid::Uuid::now_v7().to_string());
+        let starts_at_once = self.ready_for_a_turn() && self.pending.is_empty();
+        let opened_reply = starts_at_once.then(|| uuid::Uuid::now_v7().to_string());
         let write: crate::ports::store::StoreFuture<Option<u64>> = match &opened_reply {
             Some(reply_id) => self.deps.store.append_user_message_opening_reply(
                 &self.tenant_id,
                 &self.conversation.id,
                 message,
-                AssistantProgress {
-                    message_id: reply_id.clone(),
-                    reply_to: message_id.clone(),
-                    requested_model: self.conversation.settings.model.clone(),
-                    first_seq: seq + 1,
-                    last_seq: seq,
-                    chunk: StreamChunk::default(),
-                },
+                self.empty_reply(reply_id.clone(), message_id.clone(), seq),
                 self.reservation_target_after(seq),
             ),
             None => {

@@ -92,14 +92,13 @@ impl Steady {
         if let Some(d) = sample.ttft {
             let _ = self.ttft.record(micros(d));
         }
-        match (&sample.error, sample.total) {
-            (Some(_), _) => self.errors += 1,
-            (None, total) => {
-                self.turns_completed += 1;
-                if let Some(d) = total {
-                    let _ = self.turn.record(micros(d));
-                }
-            }
+        if sample.error.is_some() {
+            self.errors += 1;
+            return;
+        }
+        self.turns_completed += 1;
+        if let Some(d) = sample.total {
+            let _ = self.turn.record(micros(d));
         }
     }
 
